@@ -1,0 +1,774 @@
+//! `vibebox.toml`: the schema, its defaults and its validation.
+//!
+//! Parsing keeps the position of every key so that each problem is reported
+//! with the file, line, column and key, and what is allowed there. Parsing
+//! never changes anything on disk.
+//!
+//! Files written for the macOS vibebox (`[box] cpu_count, ram_mb, disk_gb,
+//! mounts`, `[supervisor] auto_shutdown_ms`) are accepted unchanged.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Serialize;
+use toml_edit::{Document, Item, Table, Value};
+
+use crate::diagnostic::{nearest, FileProblem, FileProblems, Location};
+use crate::mounts::{self, MountSpec};
+use crate::policy::{NetworkEntry, NetworkMode};
+
+/// The file name of a project's config.
+pub const CONFIG_FILE: &str = "vibebox.toml";
+
+/// The config `vibebox init` writes: the documented defaults, with comments.
+pub const DEFAULT_CONFIG: &str = r#"# vibebox.toml: the sandbox of this project. Commit this file.
+# Every key is optional; a missing key takes the value shown here.
+
+[box]
+# Virtual CPUs and memory (MiB) of the machine.
+cpu_count = 2
+ram_mb = 2048
+# Size of the instance disk (GiB), applied when the disk is created.
+disk_gb = 5
+# Host paths shown in the box, "host:guest[:read-only|read-write]" (read-only when omitted).
+# `~` is your home on the host and /home/vibecoder in the box; a relative host path is
+# relative to this directory, a relative guest path is under /home/vibecoder.
+# The project itself is always mounted read-write at ~/<project-name>.
+mounts = ["~/.codex:~/.codex:read-write", "~/.claude:~/.claude:read-write"]
+# runtime = "auto"          # auto | vm | container
+# image = "debian-bookworm"
+
+[supervisor]
+# Shut the machine down this long after the last terminal leaves; its disk stays.
+auto_shutdown_ms = 20000
+
+[network]
+# allowlist: only the entries are reachable; blocklist: everything but the entries.
+mode = "allowlist"
+# Domain names (github.com), leading wildcards (*.npmjs.org), optional ports
+# (example.com:443), IP addresses and CIDR blocks (10.0.0.0/8).
+entries = ["github.com", "*.githubusercontent.com", "registry.npmjs.org", "api.anthropic.com"]
+"#;
+
+/// The default base image name.
+pub const DEFAULT_IMAGE: &str = "debian-bookworm";
+
+const DEFAULT_ENTRIES: &[&str] = &[
+    "github.com",
+    "*.githubusercontent.com",
+    "registry.npmjs.org",
+    "api.anthropic.com",
+];
+
+const TOP_KEYS: &[&str] = &["box", "supervisor", "network"];
+const BOX_KEYS: &[&str] = &[
+    "cpu_count",
+    "ram_mb",
+    "disk_gb",
+    "mounts",
+    "runtime",
+    "image",
+];
+const SUPERVISOR_KEYS: &[&str] = &["auto_shutdown_ms"];
+const NETWORK_KEYS: &[&str] = &["mode", "entries"];
+
+/// Which runtime turns the session into a running machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeChoice {
+    /// The VM when KVM or TCG can run it, else the container runtime.
+    Auto,
+    /// Always the QEMU micro-VM.
+    Vm,
+    /// Always the rootless container runtime.
+    Container,
+}
+
+impl RuntimeChoice {
+    /// The words allowed in `vibebox.toml`.
+    pub const ALLOWED: &'static [&'static str] = &["auto", "vm", "container"];
+
+    /// The spelling used in `vibebox.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeChoice::Auto => "auto",
+            RuntimeChoice::Vm => "vm",
+            RuntimeChoice::Container => "container",
+        }
+    }
+}
+
+impl FromStr for RuntimeChoice {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "auto" => Ok(RuntimeChoice::Auto),
+            "vm" => Ok(RuntimeChoice::Vm),
+            "container" => Ok(RuntimeChoice::Container),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for RuntimeChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `box.mounts` entry and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The parsed entry.
+    pub spec: MountSpec,
+    /// Its position in the file, when it came from a file.
+    pub location: Option<Location>,
+}
+
+/// The `[network]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkConfig {
+    /// Allowlist or blocklist.
+    pub mode: NetworkMode,
+    /// The entries, parsed.
+    pub entries: Vec<NetworkEntry>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            mode: NetworkMode::Allowlist,
+            entries: DEFAULT_ENTRIES
+                .iter()
+                .filter_map(|e| NetworkEntry::parse(e).ok())
+                .collect(),
+        }
+    }
+}
+
+/// A validated `vibebox.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Virtual CPUs.
+    pub cpu_count: u32,
+    /// Memory in MiB.
+    pub ram_mb: u32,
+    /// Instance disk size in GiB.
+    pub disk_gb: u32,
+    /// Extra mounts, in file order.
+    pub mounts: Vec<MountEntry>,
+    /// Which runtime to use.
+    pub runtime: RuntimeChoice,
+    /// Base image name.
+    pub image: String,
+    /// Grace period after the last client leaves, in milliseconds.
+    pub auto_shutdown_ms: u64,
+    /// Egress policy.
+    pub network: NetworkConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cpu_count: 2,
+            ram_mb: 2048,
+            disk_gb: 5,
+            mounts: [
+                "~/.codex:~/.codex:read-write",
+                "~/.claude:~/.claude:read-write",
+            ]
+            .iter()
+            .filter_map(|m| MountSpec::parse(m).ok())
+            .map(|spec| MountEntry {
+                spec,
+                location: None,
+            })
+            .collect(),
+            runtime: RuntimeChoice::Auto,
+            image: DEFAULT_IMAGE.to_string(),
+            auto_shutdown_ms: 20_000,
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+fn type_name(item: &Item) -> &'static str {
+    match item {
+        Item::None => "nothing",
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "an array of tables",
+        Item::Value(v) => match v {
+            Value::String(_) => "a string",
+            Value::Integer(_) => "an integer",
+            Value::Float(_) => "a float",
+            Value::Boolean(_) => "a boolean",
+            Value::Datetime(_) => "a date-time",
+            Value::Array(_) => "an array",
+            Value::InlineTable(_) => "an inline table",
+        },
+    }
+}
+
+/// Collects problems while walking one document.
+struct Checker<'a> {
+    file: &'a Path,
+    src: &'a str,
+    problems: Vec<FileProblem>,
+}
+
+impl Checker<'_> {
+    fn problem(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.problems.push(
+            FileProblem::at(self.file, self.src, span, Some(key.to_string()), message)
+                .with_help(help),
+        );
+    }
+
+    /// Reports keys of `table` that are not in `allowed`, with a suggestion.
+    fn unknown_keys(&mut self, table: &Table, prefix: &str, allowed: &[&str]) {
+        for (key, _) in table.iter() {
+            if allowed.contains(&key) {
+                continue;
+            }
+            let span = table.key(key).and_then(|k| k.span());
+            let path = if prefix.is_empty() {
+                key.to_string()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            let section = if prefix.is_empty() {
+                "the top level".to_string()
+            } else {
+                format!("[{prefix}]")
+            };
+            let mut help = format!("allowed in {section}: {}", allowed.join(", "));
+            if let Some(n) = nearest(key, allowed) {
+                help = format!("did you mean `{n}`? {help}");
+            }
+            self.problem(span, &path, "unknown key", help);
+        }
+    }
+
+    fn section<'t>(&mut self, doc: &'t Table, name: &str) -> Option<&'t Table> {
+        let item = doc.get(name)?;
+        match item {
+            Item::Table(t) => Some(t),
+            other => {
+                let span = doc.key(name).and_then(|k| k.span());
+                let found = type_name(other);
+                self.problem(
+                    span,
+                    name,
+                    format!("expected a table, found {found}"),
+                    format!("write it as a section: [{name}]"),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(
+        &mut self,
+        table: &Table,
+        section: &str,
+        key: &str,
+        range: Range<i64>,
+    ) -> Option<i64> {
+        let item = table.get(key)?;
+        let path = format!("{section}.{key}");
+        let span = item
+            .span()
+            .or_else(|| table.key(key).and_then(|k| k.span()));
+        let allowed = format!(
+            "an integer from {} to {}",
+            range.start,
+            range.end.saturating_sub(1)
+        );
+        match item.as_integer() {
+            Some(n) if range.contains(&n) => Some(n),
+            Some(n) => {
+                self.problem(
+                    span,
+                    &path,
+                    format!("{n} is out of range"),
+                    format!("allowed: {allowed}"),
+                );
+                None
+            }
+            None => {
+                let found = type_name(item);
+                self.problem(
+                    span,
+                    &path,
+                    format!("expected an integer, found {found}"),
+                    format!("allowed: {allowed}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn string<'t>(
+        &mut self,
+        table: &'t Table,
+        section: &str,
+        key: &str,
+        allowed: &str,
+    ) -> Option<(&'t str, Option<Range<usize>>)> {
+        let item = table.get(key)?;
+        let span = item.span();
+        match item.as_str() {
+            Some(s) => Some((s, span)),
+            None => {
+                let found = type_name(item);
+                self.problem(
+                    span,
+                    &format!("{section}.{key}"),
+                    format!("expected a string, found {found}"),
+                    format!("allowed: {allowed}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn choice<T: FromStr>(
+        &mut self,
+        table: &Table,
+        section: &str,
+        key: &str,
+        allowed: &[&str],
+    ) -> Option<T> {
+        let words = allowed
+            .iter()
+            .map(|w| format!("\"{w}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (s, span) = self.string(table, section, key, &words)?;
+        match s.parse::<T>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                let mut help = format!("allowed: {words}");
+                if let Some(n) = nearest(s, allowed) {
+                    help = format!("did you mean \"{n}\"? {help}");
+                }
+                self.problem(
+                    span,
+                    &format!("{section}.{key}"),
+                    format!("\"{s}\" is not allowed"),
+                    help,
+                );
+                None
+            }
+        }
+    }
+
+    /// The strings of an array, each with its span; reports non-strings.
+    fn string_array<'t>(
+        &mut self,
+        table: &'t Table,
+        section: &str,
+        key: &str,
+        what: &str,
+    ) -> Option<Vec<(usize, &'t str, Option<Range<usize>>)>> {
+        let item = table.get(key)?;
+        let path = format!("{section}.{key}");
+        let Some(array) = item.as_array() else {
+            let found = type_name(item);
+            self.problem(
+                item.span(),
+                &path,
+                format!("expected an array of strings, found {found}"),
+                format!("write a list: {key} = [{what}]"),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, v) in array.iter().enumerate() {
+            match v.as_str() {
+                Some(s) => out.push((i, s, v.span())),
+                None => {
+                    let found = type_name(&Item::Value(v.clone()));
+                    self.problem(
+                        v.span(),
+                        &format!("{path}[{i}]"),
+                        format!("expected a string, found {found}"),
+                        format!("write each entry as a quoted string, e.g. {what}"),
+                    );
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+impl Config {
+    /// Parses and validates `src`, the contents of `file`.
+    ///
+    /// Every problem in the file is reported, not just the first.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use vibebox_core::config::Config;
+    /// let c = Config::parse("[box]\ncpu_count = 4\n", Path::new("vibebox.toml")).unwrap();
+    /// assert_eq!(c.cpu_count, 4);
+    /// let err = Config::parse("[box]\ncpu_cont = 4\n", Path::new("vibebox.toml")).unwrap_err();
+    /// assert!(err.to_string().contains("did you mean `cpu_count`?"));
+    /// ```
+    pub fn parse(src: &str, file: &Path) -> Result<Config, FileProblems> {
+        let doc = match Document::parse(src.to_string()) {
+            Ok(d) => d,
+            Err(e) => {
+                let message = e.message().trim().to_string();
+                return Err(FileProblems(vec![FileProblem::at(
+                    file,
+                    src,
+                    e.span(),
+                    None,
+                    format!("TOML syntax error: {message}"),
+                )
+                .with_help("fix the syntax; see the TOML format at toml.io")]));
+            }
+        };
+        let mut c = Checker {
+            file,
+            src,
+            problems: Vec::new(),
+        };
+        let mut config = Config::default();
+        let root = doc.as_table();
+        c.unknown_keys(root, "", TOP_KEYS);
+
+        if let Some(t) = c.section(root, "box") {
+            c.unknown_keys(t, "box", BOX_KEYS);
+            if let Some(n) = c.integer(t, "box", "cpu_count", 1..257) {
+                config.cpu_count = n as u32;
+            }
+            if let Some(n) = c.integer(t, "box", "ram_mb", 128..1_048_577) {
+                config.ram_mb = n as u32;
+            }
+            if let Some(n) = c.integer(t, "box", "disk_gb", 1..16_385) {
+                config.disk_gb = n as u32;
+            }
+            if let Some(list) = c.string_array(t, "box", "mounts", "\"~/data:~/data:read-only\"") {
+                config.mounts.clear();
+                let mut seen: Vec<(String, usize)> = Vec::new();
+                for (i, s, span) in list {
+                    let key = format!("box.mounts[{i}]");
+                    match MountSpec::parse(s) {
+                        Ok(spec) => {
+                            let guest = mounts::guest_path(&spec.guest).unwrap_or_default();
+                            if let Some((_, j)) = seen.iter().find(|(g, _)| *g == guest) {
+                                c.problem(
+                                    span.clone(),
+                                    &key,
+                                    format!(
+                                        "the guest path {guest} is already used by box.mounts[{j}]"
+                                    ),
+                                    "give each mount its own guest path",
+                                );
+                            }
+                            seen.push((guest, i));
+                            config.mounts.push(MountEntry {
+                                spec,
+                                location: Location::of_span(src, span),
+                            });
+                        }
+                        Err(e) => {
+                            c.problem(span, &key, format!("invalid mount \"{s}\": {e}"), e.help())
+                        }
+                    }
+                }
+            }
+            if let Some(r) = c.choice(t, "box", "runtime", RuntimeChoice::ALLOWED) {
+                config.runtime = r;
+            }
+            let image_help =
+                "a name of letters, digits, `.`, `_` and `-`, e.g. \"debian-bookworm\"";
+            if let Some((name, span)) = c.string(t, "box", "image", image_help) {
+                let valid = !name.is_empty()
+                    && name.len() <= 64
+                    && !name.starts_with('.')
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if valid {
+                    config.image = name.to_string();
+                } else {
+                    c.problem(
+                        span,
+                        "box.image",
+                        format!("\"{name}\" is not a valid image name"),
+                        format!("allowed: {image_help}"),
+                    );
+                }
+            }
+        }
+
+        if let Some(t) = c.section(root, "supervisor") {
+            c.unknown_keys(t, "supervisor", SUPERVISOR_KEYS);
+            if let Some(n) = c.integer(t, "supervisor", "auto_shutdown_ms", 0..86_400_001) {
+                config.auto_shutdown_ms = n as u64;
+            }
+        }
+
+        if let Some(t) = c.section(root, "network") {
+            c.unknown_keys(t, "network", NETWORK_KEYS);
+            if let Some(m) = c.choice(t, "network", "mode", NetworkMode::ALLOWED) {
+                config.network.mode = m;
+            }
+            if let Some(list) = c.string_array(t, "network", "entries", "\"github.com\"") {
+                config.network.entries.clear();
+                for (i, s, span) in list {
+                    match NetworkEntry::parse(s) {
+                        Ok(e) => config.network.entries.push(e),
+                        Err(e) => c.problem(
+                            span,
+                            &format!("network.entries[{i}]"),
+                            format!("invalid entry: {e}"),
+                            e.help(),
+                        ),
+                    }
+                }
+            }
+        }
+
+        if c.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(FileProblems(c.problems))
+        }
+    }
+
+    /// Reads and validates the config file at `file`.
+    pub fn load(file: &Path) -> Result<Config, ConfigLoadError> {
+        let src = std::fs::read_to_string(file).map_err(|source| ConfigLoadError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&src, file).map_err(ConfigLoadError::Invalid)
+    }
+
+    /// Checks that the host side of every mount exists; needed before a start.
+    pub fn check_mount_hosts(
+        &self,
+        file: &Path,
+        host_home: &Path,
+        project_dir: &Path,
+    ) -> Result<(), FileProblems> {
+        let problems: Vec<FileProblem> = self
+            .mounts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let host = mounts::host_path(&m.spec.host, host_home, project_dir);
+                if host.exists() {
+                    return None;
+                }
+                Some(FileProblem {
+                    file: file.to_path_buf(),
+                    location: m.location,
+                    key: Some(format!("box.mounts[{i}]")),
+                    message: format!("the host path {} does not exist", host.display()),
+                    help: Some(format!(
+                        "create it (mkdir -p {}) or remove the entry from box.mounts",
+                        host.display()
+                    )),
+                })
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(FileProblems(problems))
+        }
+    }
+
+    /// The mount specs without their positions.
+    pub fn mount_specs(&self) -> Vec<MountSpec> {
+        self.mounts.iter().map(|m| m.spec.clone()).collect()
+    }
+}
+
+/// Reading a config file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigLoadError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file has problems.
+    #[error("{0}")]
+    Invalid(FileProblems),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(src: &str) -> Result<Config, FileProblems> {
+        Config::parse(src, Path::new("/p/vibebox.toml"))
+    }
+
+    fn one_problem(src: &str) -> FileProblem {
+        let e = parse(src).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        e.0.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn the_default_file_is_the_default_config() {
+        let mut parsed = parse(DEFAULT_CONFIG).unwrap();
+        for m in &mut parsed.mounts {
+            assert_eq!(m.location.map(|l| l.line), Some(14));
+            m.location = None;
+        }
+        assert_eq!(parsed, Config::default());
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn accepts_the_macos_vibebox_format_unchanged() {
+        let src = "[box]\ncpu_count = 4\nram_mb = 4096\ndisk_gb = 10\nmounts = [\n    \"~/.codex:~/.codex:read-write\",\n    \"~/.claude:~/.claude:read-write\",\n]\n\n[supervisor]\nauto_shutdown_ms = 5000\n";
+        let c = parse(src).unwrap();
+        assert_eq!(
+            (c.cpu_count, c.ram_mb, c.disk_gb, c.auto_shutdown_ms),
+            (4, 4096, 10, 5000)
+        );
+        assert_eq!(c.mounts.len(), 2);
+        assert_eq!(c.mounts[1].location.unwrap().line, 7);
+        assert_eq!(c.network, NetworkConfig::default());
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        let p = one_problem("[box]\ncpu_count = = 2\n");
+        assert_eq!(p.location.unwrap().line, 2);
+        assert!(p.message.starts_with("TOML syntax error"), "{p}");
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_nearest() {
+        let p = one_problem("[box]\ncpu_count = 1\nram_gb = 2\n");
+        assert_eq!(p.key.as_deref(), Some("box.ram_gb"));
+        assert_eq!(p.location.unwrap().line, 3);
+        assert!(
+            p.help
+                .as_deref()
+                .unwrap()
+                .starts_with("did you mean `ram_mb`?"),
+            "{p}"
+        );
+        let p = one_problem("[netwrok]\n");
+        assert!(
+            p.help
+                .as_deref()
+                .unwrap()
+                .contains("did you mean `network`?"),
+            "{p}"
+        );
+        let p = one_problem("[supervisor]\nzzz = 1\n");
+        assert_eq!(
+            p.help.as_deref(),
+            Some("allowed in [supervisor]: auto_shutdown_ms")
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_ranges() {
+        let p = one_problem("[box]\ncpu_count = \"2\"\n");
+        assert_eq!(p.message, "expected an integer, found a string");
+        assert_eq!(
+            (p.location.unwrap().line, p.location.unwrap().column),
+            (2, 13)
+        );
+        let p = one_problem("[box]\ncpu_count = 0\n");
+        assert_eq!(p.message, "0 is out of range");
+        assert_eq!(p.help.as_deref(), Some("allowed: an integer from 1 to 256"));
+        let p = one_problem("box = 1\n");
+        assert_eq!(p.message, "expected a table, found an integer");
+        let p = one_problem("[box]\nmounts = \"~/a:~/a\"\n");
+        assert!(p.message.starts_with("expected an array of strings"), "{p}");
+        let p = one_problem("[box]\nmounts = [1]\n");
+        assert_eq!(p.key.as_deref(), Some("box.mounts[0]"));
+        let p = one_problem("[supervisor]\nauto_shutdown_ms = -1\n");
+        assert_eq!(p.key.as_deref(), Some("supervisor.auto_shutdown_ms"));
+    }
+
+    #[test]
+    fn bad_mounts_name_their_index_and_line() {
+        let p = one_problem("[box]\nmounts = [\n  \"/a:/b\",\n  \"/a:/b:/c:read-only\",\n]\n");
+        assert_eq!(p.key.as_deref(), Some("box.mounts[1]"));
+        assert_eq!(p.location.unwrap().line, 4);
+        assert!(p.message.contains("has 4"), "{p}");
+        let p = one_problem("[box]\nmounts = [\"/a:../../etc\"]\n");
+        assert!(p.message.contains("contains `..`"), "{p}");
+        let p = one_problem("[box]\nmounts = [\"/a:/data\", \"/b:/data/\"]\n");
+        assert!(p.message.contains("already used by box.mounts[0]"), "{p}");
+    }
+
+    #[test]
+    fn choices_list_what_is_allowed() {
+        let p = one_problem("[network]\nmode = \"allowlst\"\n");
+        assert_eq!(
+            p.help.as_deref(),
+            Some("did you mean \"allowlist\"? allowed: \"allowlist\", \"blocklist\"")
+        );
+        let p = one_problem("[box]\nruntime = \"docker\"\n");
+        assert_eq!(
+            p.help.as_deref(),
+            Some("allowed: \"auto\", \"vm\", \"container\"")
+        );
+        let p = one_problem("[network]\nentries = [\"github.com\", \"git*hub.com\"]\n");
+        assert_eq!(p.key.as_deref(), Some("network.entries[1]"));
+        let p = one_problem("[box]\nimage = \"../evil\"\n");
+        assert_eq!(p.key.as_deref(), Some("box.image"));
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let e = parse("[box]\ncpu_count = 0\nram = 1\n[network]\nmode = 3\n").unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn missing_mount_hosts_are_reported_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("here")).unwrap();
+        let c = parse("[box]\nmounts = [\n \"~/here:/a\",\n \"~/gone:/b\",\n]\n").unwrap();
+        let e = c
+            .check_mount_hosts(Path::new("/p/vibebox.toml"), dir.path(), Path::new("/p"))
+            .unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].key.as_deref(), Some("box.mounts[1]"));
+        assert_eq!(e.0[0].location.unwrap().line, 4);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(src in "\\PC{0,200}") {
+            let _ = parse(&src);
+        }
+
+        #[test]
+        fn parse_never_panics_on_near_valid_files(
+            key in "(cpu_count|ram_mb|disk_gb|mounts|runtime|image|zz)",
+            value in "(-?[0-9]{1,20}|\"[a-z:~/.-]{0,20}\"|\\[\"[a-z:~/]{0,10}\"\\]|true|1\\.5)",
+        ) {
+            let _ = parse(&format!("[box]\n{key} = {value}\n"));
+        }
+    }
+}

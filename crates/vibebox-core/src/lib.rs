@@ -1,0 +1,22 @@
+//! vibebox-core: the pure logic of vibebox.
+//!
+//! - [`config`]: `vibebox.toml`, its schema, defaults and precise errors;
+//! - [`mounts`]: `host:guest[:mode]` strings and their resolution;
+//! - [`policy`]: network modes and entries;
+//! - [`index`]: the global session index, written atomically under a lock;
+//! - [`project`]: a project's directory and `.vibebox/` layout;
+//! - [`session`]: finding or creating a project's one session;
+//! - [`explain`]: what `vibebox explain` reports.
+//!
+//! This crate starts no process and opens no socket.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod diagnostic;
+pub mod explain;
+pub mod home;
+pub mod index;
+pub mod mounts;
+pub mod policy;
+pub mod project;
+pub mod session;

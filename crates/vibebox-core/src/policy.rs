@@ -1,0 +1,443 @@
+//! Network policy rules: the `[network]` mode and its entries.
+//!
+//! An entry is one of:
+//! - a domain name, `github.com`, optionally with a leading wildcard label,
+//!   `*.githubusercontent.com`, and optionally a port, `example.com:443`;
+//! - an IP address, `203.0.113.7`, `2001:db8::1`, or with a port,
+//!   `203.0.113.7:443`, `[2001:db8::1]:443`;
+//! - a CIDR block, `10.0.0.0/8`, `2001:db8::/32`.
+//!
+//! Names are compared in lower case without a trailing dot. Non-ASCII names
+//! must be written in their punycode form (`xn--...`).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// How the entries are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Only the entries are reachable.
+    Allowlist,
+    /// Everything but the entries is reachable.
+    Blocklist,
+}
+
+impl NetworkMode {
+    /// The words allowed in `vibebox.toml`.
+    pub const ALLOWED: &'static [&'static str] = &["allowlist", "blocklist"];
+
+    /// The spelling used in `vibebox.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Allowlist => "allowlist",
+            NetworkMode::Blocklist => "blocklist",
+        }
+    }
+}
+
+impl FromStr for NetworkMode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "allowlist" => Ok(NetworkMode::Allowlist),
+            "blocklist" => Ok(NetworkMode::Blocklist),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One parsed entry of `network.entries`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum NetworkEntry {
+    /// A domain name, lower case, without a trailing dot.
+    Domain {
+        /// The name without the `*.` prefix.
+        name: String,
+        /// `*.name`: subdomains of `name`.
+        wildcard: bool,
+        /// Only this port, when given.
+        port: Option<u16>,
+    },
+    /// One address.
+    Ip {
+        /// The address.
+        addr: IpAddr,
+        /// Only this port, when given.
+        port: Option<u16>,
+    },
+    /// A block of addresses.
+    Cidr {
+        /// The network address (host bits zero).
+        addr: IpAddr,
+        /// The prefix length.
+        prefix: u8,
+    },
+}
+
+/// Why an entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// Empty or only whitespace.
+    #[error("the entry is empty")]
+    Empty,
+    /// Leading or trailing whitespace.
+    #[error("the entry `{0}` has spaces around it")]
+    Whitespace(String),
+    /// Non-ASCII characters.
+    #[error("the name `{0}` is not ASCII")]
+    NotAscii(String),
+    /// A wildcard anywhere but as the whole first label.
+    #[error("the wildcard in `{0}` is not a leading `*.`")]
+    BadWildcard(String),
+    /// A malformed domain name.
+    #[error("`{0}` is not a valid domain name: {1}")]
+    BadName(String, &'static str),
+    /// A port that is not 1-65535.
+    #[error("the port `{0}` is not a number from 1 to 65535")]
+    BadPort(String),
+    /// A malformed CIDR block.
+    #[error("`{0}` is not a valid CIDR block: {1}")]
+    BadCidr(String, String),
+}
+
+impl EntryError {
+    /// What is allowed, for the help line.
+    pub fn help(&self) -> String {
+        match self {
+            EntryError::NotAscii(_) => {
+                "write internationalised names in punycode (xn--...)".to_string()
+            }
+            EntryError::BadCidr(_, _) => {
+                "write an address and a prefix length with the host bits zero, e.g. 10.0.0.0/8 or 2001:db8::/32".to_string()
+            }
+            _ => "entries are domain names (github.com), leading wildcards (*.npmjs.org), \
+                  optionally with a port (example.com:443), IP addresses (203.0.113.7, [2001:db8::1]:443) \
+                  or CIDR blocks (10.0.0.0/8)"
+                .to_string(),
+        }
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, EntryError> {
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 && s.chars().all(|c| c.is_ascii_digit()) => Ok(p),
+        _ => Err(EntryError::BadPort(s.to_string())),
+    }
+}
+
+fn check_name(original: &str, name: &str) -> Result<(), EntryError> {
+    let bad = |why| Err(EntryError::BadName(original.to_string(), why));
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > 253 {
+        return bad("it is longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return bad("it has an empty label");
+        }
+        if label.len() > 63 {
+            return bad("a label is longer than 63 characters");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("a label starts or ends with `-`");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad("only letters, digits, `-` and `_` are allowed in a label");
+        }
+    }
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return bad("the last label is all digits (write an IP address as an IP entry)");
+    }
+    Ok(())
+}
+
+impl NetworkEntry {
+    /// Parses one entry.
+    ///
+    /// ```
+    /// use vibebox_core::policy::NetworkEntry;
+    /// assert!(NetworkEntry::parse("*.npmjs.org").is_ok());
+    /// assert!(NetworkEntry::parse("GitHub.com.").is_ok());
+    /// assert!(NetworkEntry::parse("10.0.0.0/8").is_ok());
+    /// assert!(NetworkEntry::parse("git*hub.com").is_err());
+    /// ```
+    pub fn parse(s: &str) -> Result<NetworkEntry, EntryError> {
+        if s.trim().is_empty() {
+            return Err(EntryError::Empty);
+        }
+        if s.trim() != s {
+            return Err(EntryError::Whitespace(s.to_string()));
+        }
+        if !s.is_ascii() {
+            return Err(EntryError::NotAscii(s.to_string()));
+        }
+        if let Some((addr, prefix)) = s.split_once('/') {
+            let bad = |why: &str| EntryError::BadCidr(s.to_string(), why.to_string());
+            let addr: IpAddr = addr
+                .parse()
+                .map_err(|_| bad("the address is not an IP address"))?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let prefix: u8 = prefix
+                .parse()
+                .ok()
+                .filter(|p| *p <= max && prefix.chars().all(|c| c.is_ascii_digit()))
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "the prefix length is not a number from 0 to {max}"
+                    ))
+                })?;
+            let masked = mask(addr, prefix);
+            if masked != addr {
+                return Err(bad(&format!(
+                    "host bits are set; did you mean {masked}/{prefix}?"
+                )));
+            }
+            return Ok(NetworkEntry::Cidr { addr, prefix });
+        }
+        if let Ok(addr) = s.parse::<IpAddr>() {
+            return Ok(NetworkEntry::Ip { addr, port: None });
+        }
+        if let Some(rest) = s.strip_prefix('[') {
+            let (addr, after) = rest
+                .split_once(']')
+                .ok_or_else(|| EntryError::BadName(s.to_string(), "a `[` without `]`"))?;
+            let addr: std::net::Ipv6Addr = addr.parse().map_err(|_| {
+                EntryError::BadName(s.to_string(), "not an IPv6 address in brackets")
+            })?;
+            let port = match after {
+                "" => None,
+                p => Some(parse_port(p.strip_prefix(':').ok_or_else(|| {
+                    EntryError::BadName(s.to_string(), "expected `:port` after `]`")
+                })?)?),
+            };
+            return Ok(NetworkEntry::Ip {
+                addr: IpAddr::V6(addr),
+                port,
+            });
+        }
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(parse_port(p)?)),
+            None => (s, None),
+        };
+        if let Ok(addr) = host.parse::<std::net::Ipv4Addr>() {
+            return Ok(NetworkEntry::Ip {
+                addr: IpAddr::V4(addr),
+                port,
+            });
+        }
+        let lower = host.to_ascii_lowercase();
+        let lower = lower.strip_suffix('.').unwrap_or(&lower);
+        let (name, wildcard) = match lower.strip_prefix("*.") {
+            Some(n) => (n, true),
+            None => (lower, false),
+        };
+        if name.contains('*') || lower == "*" {
+            return Err(EntryError::BadWildcard(s.to_string()));
+        }
+        check_name(s, name)?;
+        Ok(NetworkEntry::Domain {
+            name: name.to_string(),
+            wildcard,
+            port,
+        })
+    }
+}
+
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix)
+            };
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix)
+            };
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+impl fmt::Display for NetworkEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetworkEntry::Domain {
+                name,
+                wildcard,
+                port,
+            } => {
+                if *wildcard {
+                    f.write_str("*.")?;
+                }
+                f.write_str(name)?;
+                if let Some(p) = port {
+                    write!(f, ":{p}")?;
+                }
+                Ok(())
+            }
+            NetworkEntry::Ip { addr, port: None } => write!(f, "{addr}"),
+            NetworkEntry::Ip {
+                addr: IpAddr::V6(a),
+                port: Some(p),
+            } => write!(f, "[{a}]:{p}"),
+            NetworkEntry::Ip {
+                addr,
+                port: Some(p),
+            } => write!(f, "{addr}:{p}"),
+            NetworkEntry::Cidr { addr, prefix } => write!(f, "{addr}/{prefix}"),
+        }
+    }
+}
+
+/// The `[network]` section as `explain` shows it: entries as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkConfigView {
+    /// Allowlist or blocklist.
+    pub mode: NetworkMode,
+    /// The entries, normalised (lower case, no trailing dot).
+    pub entries: Vec<String>,
+}
+
+impl From<&crate::config::NetworkConfig> for NetworkConfigView {
+    fn from(n: &crate::config::NetworkConfig) -> Self {
+        NetworkConfigView {
+            mode: n.mode,
+            entries: n.entries.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ok(s: &str) -> NetworkEntry {
+        NetworkEntry::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn domains_are_lowercased_without_trailing_dot() {
+        assert_eq!(
+            ok("GitHub.COM."),
+            NetworkEntry::Domain {
+                name: "github.com".into(),
+                wildcard: false,
+                port: None
+            }
+        );
+        assert_eq!(
+            ok("*.npmjs.org:443"),
+            NetworkEntry::Domain {
+                name: "npmjs.org".into(),
+                wildcard: true,
+                port: Some(443)
+            }
+        );
+        assert_eq!(
+            ok("xn--bcher-kva.example").to_string(),
+            "xn--bcher-kva.example"
+        );
+    }
+
+    #[test]
+    fn addresses_and_blocks() {
+        assert_eq!(ok("203.0.113.7:443").to_string(), "203.0.113.7:443");
+        assert_eq!(ok("2001:db8::1").to_string(), "2001:db8::1");
+        assert_eq!(ok("[2001:db8::1]:22").to_string(), "[2001:db8::1]:22");
+        assert_eq!(ok("10.0.0.0/8").to_string(), "10.0.0.0/8");
+        assert_eq!(ok("2001:db8::/32").to_string(), "2001:db8::/32");
+        assert_eq!(ok("0.0.0.0/0").to_string(), "0.0.0.0/0");
+    }
+
+    #[test]
+    fn refuses_malformed_entries() {
+        for bad in [
+            "",
+            "  ",
+            " github.com",
+            "git*hub.com",
+            "*",
+            "*.",
+            "a.*.com",
+            "**.com",
+            "github..com",
+            "-github.com",
+            "github.com:0",
+            "github.com:65536",
+            "github.com:+1",
+            "github.com:",
+            "bücher.example",
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "300.1.1.1/8",
+            "[2001:db8::1",
+            "[2001:db8::1]443",
+            "1.2.3",
+            "exa mple.com",
+            "example.com/path",
+            "http://example.com",
+        ] {
+            assert!(
+                NetworkEntry::parse(bad).is_err(),
+                "`{bad}` should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn cidr_host_bits_suggest_the_network() {
+        let e = NetworkEntry::parse("10.1.2.3/8").unwrap_err();
+        assert!(e.to_string().contains("did you mean 10.0.0.0/8?"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,40}") {
+            let _ = NetworkEntry::parse(&s);
+        }
+
+        #[test]
+        fn domains_round_trip(
+            wild in any::<bool>(),
+            labels in proptest::collection::vec("[a-z][a-z0-9]{0,10}", 1..4),
+            port in proptest::option::of(1u16..),
+        ) {
+            let mut s = labels.join(".");
+            if wild { s = format!("*.{s}"); }
+            if let Some(p) = port { s = format!("{s}:{p}"); }
+            let e = NetworkEntry::parse(&s).unwrap();
+            prop_assert_eq!(e.to_string(), s.clone());
+            prop_assert_eq!(NetworkEntry::parse(&s.to_uppercase()).unwrap(), e);
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! A project: a directory with `vibebox.toml` and its local cache `.vibebox/`.
+//!
+//! ```text
+//! <project>/vibebox.toml      project config (commit it)
+//! <project>/.vibebox/         project cache, with its own .gitignore ("*")
+//!   session.toml              this project's session id
+//!   disk.qcow2                instance disk
+//!   ssh/                      key pair and pinned host key
+//!   supervisor.sock           control socket of the running supervisor
+//!   logs/                     supervisor, console and network logs
+//! ```
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+use uuid::Uuid;
+
+use crate::config::{CONFIG_FILE, DEFAULT_CONFIG};
+use crate::diagnostic::{FileProblem, FileProblems};
+
+/// Name of the project cache directory.
+pub const STATE_DIR: &str = ".vibebox";
+/// Name of the file holding the session id inside [`STATE_DIR`].
+pub const SESSION_FILE: &str = "session.toml";
+
+/// Problems with a project's files.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    /// A file operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `vibebox init` found a config already there.
+    #[error("{} already exists; vibebox init never overwrites it", path.display())]
+    ConfigExists {
+        /// The existing config.
+        path: PathBuf,
+    },
+    /// `.vibebox/session.toml` is not valid.
+    #[error("{0}")]
+    BadSessionFile(FileProblems),
+}
+
+fn io_err<'p>(
+    action: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> ProjectError + 'p {
+    move |source| ProjectError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Deserialize)]
+struct RawSessionFile {
+    id: Spanned<String>,
+}
+
+#[derive(Serialize)]
+struct SessionFileOut {
+    id: String,
+}
+
+/// A project directory and the paths of its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    dir: PathBuf,
+}
+
+impl Project {
+    /// The project at `dir` (made absolute, symlinks resolved when it exists).
+    pub fn at(dir: &Path) -> Project {
+        let dir = fs::canonicalize(dir).unwrap_or_else(|_| crate::mounts::normalize(dir));
+        Project { dir }
+    }
+
+    /// The nearest ancestor of `start` (itself included) that has `vibebox.toml`,
+    /// else `start` itself.
+    pub fn find(start: &Path) -> Project {
+        let start = Project::at(start).dir;
+        let found = start
+            .ancestors()
+            .find(|d| d.join(CONFIG_FILE).is_file())
+            .unwrap_or(&start);
+        Project {
+            dir: found.to_path_buf(),
+        }
+    }
+
+    /// The project directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The project's name: the last component of its directory.
+    pub fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "project".into())
+    }
+
+    /// `<project>/vibebox.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join(CONFIG_FILE)
+    }
+
+    /// `<project>/.vibebox/`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(STATE_DIR)
+    }
+
+    /// `<project>/.vibebox/session.toml`.
+    pub fn session_file(&self) -> PathBuf {
+        self.state_dir().join(SESSION_FILE)
+    }
+
+    /// `<project>/.vibebox/disk.qcow2`.
+    pub fn disk_path(&self) -> PathBuf {
+        self.state_dir().join("disk.qcow2")
+    }
+
+    /// `<project>/.vibebox/ssh/`.
+    pub fn ssh_dir(&self) -> PathBuf {
+        self.state_dir().join("ssh")
+    }
+
+    /// `<project>/.vibebox/supervisor.sock`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir().join("supervisor.sock")
+    }
+
+    /// `<project>/.vibebox/logs/`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir().join("logs")
+    }
+
+    /// Whether `vibebox.toml` exists.
+    pub fn has_config(&self) -> bool {
+        self.config_path().is_file()
+    }
+
+    /// Writes the default `vibebox.toml`; refuses to replace an existing one.
+    pub fn write_default_config(&self) -> Result<(), ProjectError> {
+        let path = self.config_path();
+        let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(ProjectError::ConfigExists { path })
+            }
+            Err(e) => return Err(io_err("cannot create", &path)(e)),
+        };
+        file.write_all(DEFAULT_CONFIG.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io_err("cannot write", &path))
+    }
+
+    /// Creates `.vibebox/` and its `.gitignore` when missing.
+    pub fn ensure_state_dir(&self) -> Result<(), ProjectError> {
+        let dir = self.state_dir();
+        fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+        let ignore = dir.join(".gitignore");
+        if !ignore.exists() {
+            write_atomic(&ignore, b"*\n")?;
+        }
+        Ok(())
+    }
+
+    /// The session id in `.vibebox/session.toml`, if the file exists.
+    pub fn read_session_id(&self) -> Result<Option<Uuid>, ProjectError> {
+        let path = self.session_file();
+        let src = match fs::read_to_string(&path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("cannot read", &path)(e)),
+        };
+        let help = format!(
+            "fix the id, or delete {} to give this project a new session",
+            self.state_dir().display()
+        );
+        let raw: RawSessionFile = toml::from_str(&src).map_err(|e| {
+            ProjectError::BadSessionFile(FileProblems(vec![FileProblem::at(
+                &path,
+                &src,
+                e.span(),
+                None,
+                format!("not a valid session file: {}", e.message()),
+            )
+            .with_help(help.clone())]))
+        })?;
+        match Uuid::parse_str(raw.id.get_ref()) {
+            Ok(id) if id.get_version_num() == 7 => Ok(Some(id)),
+            _ => Err(ProjectError::BadSessionFile(FileProblems(vec![
+                FileProblem::at(
+                    &path,
+                    &src,
+                    Some(raw.id.span()),
+                    Some("id".into()),
+                    format!("\"{}\" is not a UUIDv7 session id", raw.id.get_ref()),
+                )
+                .with_help(help),
+            ]))),
+        }
+    }
+
+    /// Writes `.vibebox/session.toml` atomically.
+    pub fn write_session_id(&self, id: Uuid) -> Result<(), ProjectError> {
+        let text = toml::to_string(&SessionFileOut { id: id.to_string() }).map_err(|e| {
+            io_err("cannot serialise", &self.session_file())(std::io::Error::other(e))
+        })?;
+        let text = format!(
+            "# The id of this project's vibebox session. Local state: never commit it.\n{text}"
+        );
+        write_atomic(&self.session_file(), text.as_bytes())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsync and rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProjectError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err("cannot write", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("cannot replace", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_walks_up_to_the_nearest_config() {
+        let root = tempfile::tempdir().unwrap();
+        let proj = root.path().join("p");
+        let deep = proj.join("src/a");
+        fs::create_dir_all(&deep).unwrap();
+        assert_eq!(Project::find(&deep).dir(), fs::canonicalize(&deep).unwrap());
+        fs::write(proj.join(CONFIG_FILE), "").unwrap();
+        assert_eq!(Project::find(&deep).dir(), fs::canonicalize(&proj).unwrap());
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite() {
+        let root = tempfile::tempdir().unwrap();
+        let p = Project::at(root.path());
+        p.write_default_config().unwrap();
+        fs::write(p.config_path(), "# mine").unwrap();
+        assert!(matches!(
+            p.write_default_config(),
+            Err(ProjectError::ConfigExists { .. })
+        ));
+        assert_eq!(fs::read_to_string(p.config_path()).unwrap(), "# mine");
+    }
+
+    #[test]
+    fn session_file_round_trip_and_errors() {
+        let root = tempfile::tempdir().unwrap();
+        let p = Project::at(root.path());
+        p.ensure_state_dir().unwrap();
+        assert_eq!(
+            fs::read_to_string(p.state_dir().join(".gitignore")).unwrap(),
+            "*\n"
+        );
+        assert_eq!(p.read_session_id().unwrap(), None);
+        let id = Uuid::now_v7();
+        p.write_session_id(id).unwrap();
+        assert_eq!(p.read_session_id().unwrap(), Some(id));
+        fs::write(p.session_file(), "\nid = \"nope\"\n").unwrap();
+        let Err(ProjectError::BadSessionFile(e)) = p.read_session_id() else {
+            panic!()
+        };
+        assert_eq!(e.0[0].location.unwrap().line, 2);
+        fs::write(p.session_file(), "id = ").unwrap();
+        assert!(p.read_session_id().is_err());
+    }
+}
