@@ -10,7 +10,7 @@
 //!   logs/                     supervisor, console and network logs
 //! ```
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -151,18 +151,32 @@ impl Project {
     }
 
     /// Writes the default `vibebox.toml`; refuses to replace an existing one.
+    ///
+    /// The file appears whole or not at all (written aside, then hard-linked
+    /// into place), so a concurrent reader never sees half a config.
     pub fn write_default_config(&self) -> Result<(), ProjectError> {
         let path = self.config_path();
-        let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(ProjectError::ConfigExists { path })
+        if path.exists() {
+            return Err(ProjectError::ConfigExists { path });
+        }
+        let tmp = self
+            .dir
+            .join(format!(".{CONFIG_FILE}.{}.tmp", std::process::id()));
+        let result = (|| {
+            let mut file = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+            file.write_all(DEFAULT_CONFIG.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(io_err("cannot write", &tmp))?;
+            match fs::hard_link(&tmp, &path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Err(ProjectError::ConfigExists { path: path.clone() })
+                }
+                Err(e) => Err(io_err("cannot create", &path)(e)),
             }
-            Err(e) => return Err(io_err("cannot create", &path)(e)),
-        };
-        file.write_all(DEFAULT_CONFIG.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io_err("cannot write", &path))
+        })();
+        let _ = fs::remove_file(&tmp);
+        result
     }
 
     /// Creates `.vibebox/` and its `.gitignore` when missing.

@@ -1,1 +1,49 @@
-fn main() {}
+//! The `vibebox` command.
+
+mod cli;
+mod commands;
+mod context;
+mod control;
+mod error;
+mod runtime;
+mod terminal;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command};
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Some(Command::Completions { shell }) = &cli.command {
+        clap_complete::generate(
+            *shell,
+            &mut Cli::command(),
+            "vibebox",
+            &mut std::io::stdout(),
+        );
+        return Ok(0);
+    }
+    let ctx = context::Context::from_env()?;
+    match cli.command {
+        None => commands::connect::run(&ctx),
+        Some(Command::Init) => commands::init::run(&ctx).map(|()| 0),
+        Some(Command::List { json }) => commands::list::run(&ctx, json).map(|()| 0),
+        Some(Command::Delete { id, yes, force }) => {
+            commands::delete::run(&ctx, &id, yes, force).map(|()| 0)
+        }
+        Some(Command::Explain { json }) => commands::explain::run(&ctx, json).map(|()| 0),
+        Some(Command::Completions { .. }) => Ok(0),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(err) => {
+            error::report(&err);
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The command line: what a person can type.
+
+use clap::{Parser, Subcommand};
+
+/// A sandboxed Linux machine for every project directory.
+///
+/// Run `vibebox` in a project to enter its box: the project is mounted
+/// read-write, the rest of the host is invisible unless vibebox.toml mounts it,
+/// and the network reaches only what the project allows.
+#[derive(Debug, Parser)]
+#[command(name = "vibebox", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do; with none, enter the box of the project here.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented vibebox.toml and .vibebox/ in the current directory.
+    Init,
+    /// List every session: id, directory, state, clients, last active.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a session: its .vibebox/ (disk, keys, logs) and its index entry.
+    Delete {
+        /// The session id, or a unique prefix of it.
+        id: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Stop the session first if it is running.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show what the box of this project sees: mounts, network, storage, runtime.
+    Explain {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}

@@ -1,0 +1,156 @@
+//! `vibebox explain`: what the box of this project sees.
+
+use vibebox_core::explain::{Explanation, ImageView};
+use vibebox_core::home::images_dir;
+use vibebox_core::mounts::MountSource;
+use vibebox_core::policy::NetworkMode;
+use vibebox_core::project::Project;
+
+use crate::context::Context;
+
+/// Builds the explanation of the project around the current directory.
+pub fn build(ctx: &Context) -> anyhow::Result<Explanation> {
+    let project = Project::find(&ctx.cwd);
+    let config = super::load_config(&project)?;
+    let image_dir = images_dir(&ctx.home).join(&config.image);
+    let image = ImageView {
+        name: config.image.clone(),
+        present: image_dir.join("manifest.toml").is_file(),
+        path: image_dir,
+    };
+    let runtime = crate::runtime::select(config.runtime);
+    Ok(Explanation::new(
+        &project,
+        &config,
+        &ctx.host_home,
+        runtime,
+        image,
+    ))
+}
+
+/// Renders an explanation as text for a person.
+pub fn render(x: &Explanation) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!("Project   {}", x.project.display()));
+    line(format!(
+        "Session   {}",
+        x.session
+            .map_or("none yet (created by the first `vibebox`)".into(), |s| s
+                .to_string())
+    ));
+    line(format!(
+        "Config    {}",
+        if x.storage.config_exists {
+            x.storage.config.clone()
+        } else {
+            format!("{} (not written yet: the defaults apply)", x.storage.config)
+        }
+    ));
+    let r = &x.resources;
+    line(format!(
+        "Machine   {} CPUs, {} MiB memory, {} GiB disk; stops {} ms after the last client leaves",
+        r.cpu_count, r.ram_mb, r.disk_gb, r.auto_shutdown_ms
+    ));
+    line(format!(
+        "Runtime   {} (requested: {}): {}",
+        x.runtime.selected.as_deref().unwrap_or("none"),
+        x.runtime.requested,
+        x.runtime.reason
+    ));
+    line(format!(
+        "Image     {} at {}{}",
+        x.image.name,
+        x.image.path.display(),
+        if x.image.present {
+            ""
+        } else {
+            " (not built yet)"
+        }
+    ));
+    line(String::new());
+    line("Mounts (host -> guest)".into());
+    let mut rows = Vec::new();
+    for m in &x.mounts {
+        let host = if m.host_exists {
+            m.host.display().to_string()
+        } else {
+            format!("{} (missing)", m.host.display())
+        };
+        let source = match m.source {
+            MountSource::Project => "the project".to_string(),
+            MountSource::Config { index } => format!("box.mounts[{index}]"),
+        };
+        rows.push(vec![
+            format!("  {host}"),
+            m.guest.clone(),
+            m.mode.as_str().to_string(),
+            source,
+        ]);
+    }
+    for row in crate::terminal::table(&rows).lines() {
+        line(row.to_string());
+    }
+    line("  Nothing else of the host is visible in the box.".into());
+    line(String::new());
+    let n = &x.network;
+    line(match n.mode {
+        NetworkMode::Allowlist => "Network   allowlist: only these are reachable".to_string(),
+        NetworkMode::Blocklist => {
+            "Network   blocklist: everything but these is reachable".to_string()
+        }
+    });
+    if n.entries.is_empty() {
+        line("  (no entries)".into());
+    }
+    for e in &n.entries {
+        line(format!("  {e}"));
+    }
+    line(String::new());
+    line(format!("Storage (relative to {})", x.project.display()));
+    let s = &x.storage;
+    let rows = vec![
+        vec![
+            format!("  {}", s.config),
+            "project config: commit it".into(),
+        ],
+        vec![
+            format!("  {}", s.state_dir),
+            "project cache: never committed".into(),
+        ],
+        vec![
+            format!("  {}", s.session_file),
+            "this project's session id".into(),
+        ],
+        vec![
+            format!("  {}", s.disk),
+            "instance disk (kept across shutdowns)".into(),
+        ],
+        vec![
+            format!("  {}", s.ssh),
+            "SSH key pair and the guest's pinned host key".into(),
+        ],
+        vec![
+            format!("  {}", s.logs),
+            "supervisor, console and network logs".into(),
+        ],
+    ];
+    for row in crate::terminal::table(&rows).lines() {
+        line(row.to_string());
+    }
+    out
+}
+
+/// Runs `vibebox explain`.
+pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
+    let x = build(ctx)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&x)?);
+    } else {
+        print!("{}", render(&x));
+    }
+    Ok(())
+}

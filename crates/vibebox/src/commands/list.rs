@@ -1,0 +1,68 @@
+//! `vibebox list`: every session with its state.
+
+use jiff::Timestamp;
+use serde::Serialize;
+use vibebox_core::project::Project;
+
+use crate::context::Context;
+use crate::control;
+use crate::terminal;
+
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    directory: String,
+    state: String,
+    clients: u32,
+    last_active: String,
+    created: String,
+}
+
+/// Runs `vibebox list`.
+pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
+    let mut entries = ctx.index.update(|e| Ok::<_, anyhow::Error>(e.clone()))?;
+    entries.sort_by(|a, b| b.last_active.cmp(&a.last_active));
+    let rows: Vec<Row> = entries
+        .iter()
+        .map(|e| {
+            let status = control::status(&Project::at(&e.directory).socket_path());
+            Row {
+                id: e.id.to_string(),
+                directory: e.directory.display().to_string(),
+                state: status
+                    .as_ref()
+                    .map_or("stopped".into(), |s| s.state.clone()),
+                clients: status.map_or(0, |s| s.clients),
+                last_active: e.last_active.to_string(),
+                created: e.created.to_string(),
+            }
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no sessions yet: run `vibebox` in a project directory to create one");
+        return Ok(());
+    }
+    let now = Timestamp::now();
+    let mut table = vec![vec![
+        "ID".to_string(),
+        "STATE".to_string(),
+        "CLIENTS".to_string(),
+        "LAST ACTIVE".to_string(),
+        "DIRECTORY".to_string(),
+    ]];
+    for (row, e) in rows.iter().zip(&entries) {
+        table.push(vec![
+            row.id.clone(),
+            row.state.clone(),
+            row.clients.to_string(),
+            terminal::ago(e.last_active, now),
+            row.directory.clone(),
+        ]);
+    }
+    print!("{}", terminal::table(&table));
+    Ok(())
+}

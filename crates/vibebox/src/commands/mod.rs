@@ -1,0 +1,49 @@
+//! One module per command.
+
+pub mod connect;
+pub mod delete;
+pub mod explain;
+pub mod init;
+pub mod list;
+
+use anyhow::Context as _;
+use vibebox_core::config::{Config, ConfigLoadError};
+use vibebox_core::project::Project;
+
+/// Loads the project's config, or the defaults when it has none yet.
+pub fn load_config(project: &Project) -> anyhow::Result<Config> {
+    if !project.has_config() {
+        return Ok(Config::default());
+    }
+    Config::load(&project.config_path()).map_err(|e| match e {
+        ConfigLoadError::Invalid(problems) => anyhow::Error::new(problems).context(format!(
+            "{} is not valid; nothing was changed",
+            project.config_path().display()
+        )),
+        other => anyhow::Error::new(other).context("cannot load the project config"),
+    })
+}
+
+/// Creates the missing host directories of the default config's mounts (the
+/// agents' config directories), so a fresh default config can start at once.
+pub fn create_default_mount_dirs(
+    ctx: &crate::context::Context,
+    project: &Project,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    for m in &Config::default().mounts {
+        let host = vibebox_core::mounts::host_path(&m.spec.host, &ctx.host_home, project.dir());
+        if !host.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&host)
+                .with_context(|| format!("cannot create {}", host.display()))?;
+            eprintln!(
+                "vibebox: created {} (mounted by the default vibebox.toml)",
+                host.display()
+            );
+        }
+    }
+    Ok(())
+}
