@@ -211,6 +211,9 @@ fn type_name(item: &Item) -> &'static str {
     }
 }
 
+/// One string of an array: its index, its text and its span.
+type StringItem<'t> = (usize, &'t str, Option<Range<usize>>);
+
 /// Collects problems while walking one document.
 struct Checker<'a> {
     file: &'a Path,
@@ -378,7 +381,7 @@ impl Checker<'_> {
         section: &str,
         key: &str,
         what: &str,
-    ) -> Option<Vec<(usize, &'t str, Option<Range<usize>>)>> {
+    ) -> Option<Vec<StringItem<'t>>> {
         let item = table.get(key)?;
         let path = format!("{section}.{key}");
         let Some(array) = item.as_array() else {

@@ -185,19 +185,14 @@ impl fmt::Display for MountSpec {
 /// assert!(guest_path("/proc/self").is_err());
 /// ```
 pub fn guest_path(written: &str) -> Result<String, MountSpecError> {
-    let rest = if written == "~" {
-        String::new()
-    } else if let Some(r) = written.strip_prefix("~/") {
-        r.to_string()
+    let absolute = if written == "~" {
+        GUEST_HOME.to_string()
+    } else if let Some(rest) = written.strip_prefix("~/") {
+        format!("{GUEST_HOME}/{rest}")
     } else if written.starts_with('/') {
         written.to_string()
     } else {
-        written.to_string()
-    };
-    let absolute = if written.starts_with('/') {
-        rest
-    } else {
-        format!("{GUEST_HOME}/{rest}")
+        format!("{GUEST_HOME}/{written}")
     };
     let mut parts: Vec<&str> = Vec::new();
     for part in absolute.split('/') {

@@ -21,7 +21,7 @@ struct Row {
 /// Runs `vibebox list`.
 pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
     let mut entries = ctx.index.update(|e| Ok::<_, anyhow::Error>(e.clone()))?;
-    entries.sort_by(|a, b| b.last_active.cmp(&a.last_active));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.last_active));
     let rows: Vec<Row> = entries
         .iter()
         .map(|e| {
