@@ -43,9 +43,59 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run one command in the box, non-interactively (exit code passed through).
+    Exec {
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Print an SSH Host block for this project's running box (VS Code Remote-SSH, ssh).
+    SshConfig,
+    /// Stop this project's box now (the disk stays).
+    Stop,
+    /// Build, list and remove base images.
+    Image {
+        /// What to do with images.
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+    /// Internal: run the supervisor of the project in DIR.
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        /// The project directory.
+        dir: std::path::PathBuf,
+    },
+    /// Internal: the guest half of the KVM probe (prints nanoseconds).
+    #[command(name = "__kvm-probe", hide = true)]
+    KvmProbe,
+}
+
+/// `vibebox image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a Debian guest image with mmdebstrap (about 1-2 minutes).
+    Build {
+        /// The image name.
+        #[arg(long, default_value = vibebox_core::config::DEFAULT_IMAGE)]
+        name: String,
+        /// The apt mirror (default: Debian's).
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// List the built images.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image.
+    Rm {
+        /// The image name.
+        name: String,
     },
 }

@@ -1,7 +1,9 @@
-//! The supervisor's control socket, `.vibebox/supervisor.sock`, seen from a client.
+//! The supervisor's control socket, `.vibebox/supervisor.sock`.
 //!
-//! One JSON object a line in each direction. A client that cannot connect
-//! treats the session as stopped.
+//! One JSON object a line in each direction. Requests: `{"op":"status"}`,
+//! `{"op":"attach"}` (a reference held while the connection stays open; the
+//! supervisor answers with its status now and at every change), `{"op":"stop"}`.
+//! A client that cannot connect treats the session as stopped.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -10,38 +12,68 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// A running session's state, as its supervisor reports it.
+/// A session's state, as its supervisor reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    /// `starting`, `running` or `stopping`.
+    /// `starting`, `running`, `stopping` or `failed`.
     pub state: String,
     /// Attached clients.
     pub clients: u32,
+    /// Host loopback port of the guest's sshd, once running.
+    #[serde(default)]
+    pub ssh_port: Option<u16>,
+    /// What the supervisor is doing or why it failed.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+fn request(socket: &Path, op: &str) -> std::io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(format!("{{\"op\":\"{op}\"}}\n").as_bytes())?;
+    Ok(stream)
 }
 
 /// Asks the supervisor at `socket` for its status; `None` when none answers.
 pub fn status(socket: &Path) -> Option<Status> {
-    let stream = UnixStream::connect(socket).ok()?;
-    let timeout = Some(Duration::from_secs(2));
-    stream.set_read_timeout(timeout).ok()?;
-    stream.set_write_timeout(timeout).ok()?;
-    let mut writer = stream.try_clone().ok()?;
-    writer.write_all(b"{\"op\":\"status\"}\n").ok()?;
+    let stream = request(socket, "status").ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).ok()?;
     serde_json::from_str(&line).ok()
 }
 
+/// An attached client: holds one reference while it lives.
+pub struct Attachment {
+    reader: BufReader<UnixStream>,
+}
+
+impl Attachment {
+    /// Attaches to the supervisor at `socket`.
+    pub fn connect(socket: &Path) -> std::io::Result<Attachment> {
+        let stream = request(socket, "attach")?;
+        Ok(Attachment {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// The next status the supervisor sends (blocks); `None` when it hung up.
+    pub fn next_status(&mut self) -> Option<Status> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => serde_json::from_str(&line).ok(),
+        }
+    }
+}
+
 /// Asks the supervisor at `socket` to stop the session, and waits until it no
 /// longer answers (at most a minute).
 pub fn stop(socket: &Path) -> std::io::Result<()> {
-    let wait = Duration::from_secs(60);
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"{\"op\":\"stop\"}\n")?;
+    drop(request(socket, "stop")?);
     let start = std::time::Instant::now();
     while status(socket).is_some() {
-        if start.elapsed() > wait {
+        if start.elapsed() > Duration::from_secs(60) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the supervisor did not stop within 60 s",

@@ -1,11 +1,13 @@
 //! The `vibebox` command.
 
+mod attach;
 mod cli;
 mod commands;
 mod context;
 mod control;
 mod error;
 mod runtime;
+mod supervisor;
 mod terminal;
 
 use std::process::ExitCode;
@@ -24,6 +26,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         );
         return Ok(0);
     }
+    if let Some(Command::KvmProbe) = &cli.command {
+        let took = vibebox_vm::kvm::guest_loop().map_err(anyhow::Error::msg)?;
+        println!("{}", took.as_nanos());
+        return Ok(0);
+    }
     let ctx = context::Context::from_env()?;
     match cli.command {
         None => commands::connect::run(&ctx),
@@ -33,7 +40,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             commands::delete::run(&ctx, &id, yes, force).map(|()| 0)
         }
         Some(Command::Explain { json }) => commands::explain::run(&ctx, json).map(|()| 0),
-        Some(Command::Completions { .. }) => Ok(0),
+        Some(Command::Image { command }) => commands::image::run(&ctx, command).map(|()| 0),
+        Some(Command::Exec { command }) => commands::connect::exec(&ctx, &command),
+        Some(Command::SshConfig) => commands::connect::ssh_config(&ctx).map(|()| 0),
+        Some(Command::Stop) => commands::connect::stop(&ctx).map(|()| 0),
+        Some(Command::Supervise { dir }) => supervisor::run(&ctx, &dir).map(|()| 0),
+        Some(Command::Completions { .. }) | Some(Command::KvmProbe) => Ok(0),
     }
 }
 

@@ -3,13 +3,35 @@
 use vibebox_core::config::RuntimeChoice;
 use vibebox_core::explain::RuntimeView;
 
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
 /// Which runtime would run a session configured with `choice`, and why.
 ///
-/// No runtime is built in yet: this says so instead of pretending.
+/// Only the VM runtime exists so far; it runs under KVM when the probe says
+/// KVM is usable, else under TCG (see [`crate::supervisor::kvm_verdict`]).
 pub fn select(choice: RuntimeChoice) -> RuntimeView {
+    let requested = choice.as_str().to_string();
+    if choice == RuntimeChoice::Container {
+        return RuntimeView {
+            requested,
+            selected: None,
+            reason: "the container runtime is not available yet in this build of vibebox".into(),
+        };
+    }
+    if !on_path("qemu-system-x86_64") {
+        return RuntimeView {
+            requested,
+            selected: None,
+            reason: "qemu-system-x86_64 is not installed (run scripts/install-deps)".into(),
+        };
+    }
     RuntimeView {
-        requested: choice.as_str().to_string(),
-        selected: None,
-        reason: "no runtime is available yet in this build of vibebox".to_string(),
+        requested,
+        selected: Some("vm".into()),
+        reason: "QEMU micro-VM".into(),
     }
 }

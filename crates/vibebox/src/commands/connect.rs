@@ -1,14 +1,20 @@
-//! `vibebox` with no command: find or create the project's session and enter it.
+//! `vibebox` with no command, `vibebox exec`, `vibebox ssh-config`, `vibebox stop`:
+//! find or create the project's session, start it when needed, and enter it.
 
 use jiff::Timestamp;
+use vibebox_core::config::Config;
+use vibebox_core::index::SessionEntry;
 use vibebox_core::project::{Project, ProjectError};
 use vibebox_core::session::{self, Found};
 
+use crate::attach;
 use crate::context::Context;
+use crate::control;
 use crate::error::hinted;
 
-/// Runs `vibebox` with no command.
-pub fn run(ctx: &Context) -> anyhow::Result<i32> {
+/// Finds the project, writes the default config when missing, validates the
+/// config and connects the session (creating it when needed).
+fn prepare(ctx: &Context) -> anyhow::Result<(Project, Config, SessionEntry)> {
     let project = Project::find(&ctx.cwd);
     if !project.has_config() {
         match project.write_default_config() {
@@ -46,11 +52,59 @@ pub fn run(ctx: &Context) -> anyhow::Result<i32> {
         Found::Existing | Found::Registered => {}
     }
     let runtime = crate::runtime::select(config.runtime);
-    match runtime.selected {
-        Some(_) => Ok(0),
-        None => Err(hinted(
+    if runtime.selected.is_none() {
+        return Err(hinted(
             format!("cannot start session {}: {}", entry.id, runtime.reason),
-            "`vibebox explain` shows what the session will see once a runtime can start it",
+            "`vibebox explain` shows the runtime vibebox would use and why",
+        ));
+    }
+    Ok((project, config, entry))
+}
+
+/// Runs `vibebox` with no command: an interactive shell in the box.
+pub fn run(ctx: &Context) -> anyhow::Result<i32> {
+    let (project, config, entry) = prepare(ctx)?;
+    let attached = attach::ensure_running(ctx, &project, &config, entry.id)?;
+    attach::run_ssh(&project, &attached, None)
+}
+
+/// Runs `vibebox exec -- CMD ARGS…`.
+pub fn exec(ctx: &Context, command: &[String]) -> anyhow::Result<i32> {
+    let (project, config, entry) = prepare(ctx)?;
+    let attached = attach::ensure_running(ctx, &project, &config, entry.id)?;
+    let line = command
+        .iter()
+        .map(|a| attach::shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    attach::run_ssh(&project, &attached, Some(format!("exec {line}")))
+}
+
+/// Runs `vibebox ssh-config`.
+pub fn ssh_config(ctx: &Context) -> anyhow::Result<()> {
+    let project = Project::find(&ctx.cwd);
+    let session = project.read_session_id()?;
+    let status = control::status(&project.socket_path());
+    match (session, status.and_then(|s| s.ssh_port)) {
+        (Some(id), Some(port)) => {
+            print!("{}", attach::ssh_config_block(&project, &id, port));
+            Ok(())
+        }
+        _ => Err(hinted(
+            format!("the box of {} is not running", project.dir().display()),
+            "start it with `vibebox` (its SSH port changes at every start)",
         )),
     }
+}
+
+/// Runs `vibebox stop`.
+pub fn stop(ctx: &Context) -> anyhow::Result<()> {
+    let project = Project::find(&ctx.cwd);
+    if control::status(&project.socket_path()).is_none() {
+        println!("the box of {} is not running", project.dir().display());
+        return Ok(());
+    }
+    control::stop(&project.socket_path())?;
+    println!("stopped the box of {}", project.dir().display());
+    Ok(())
 }

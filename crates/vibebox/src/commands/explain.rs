@@ -18,7 +18,15 @@ pub fn build(ctx: &Context) -> anyhow::Result<Explanation> {
         present: image_dir.join("manifest.toml").is_file(),
         path: image_dir,
     };
-    let runtime = crate::runtime::select(config.runtime);
+    let mut runtime = crate::runtime::select(config.runtime);
+    if runtime.selected.is_some() {
+        let v = crate::supervisor::kvm_verdict(ctx);
+        runtime.reason = format!(
+            "QEMU micro-VM under {}: {}",
+            if v.usable { "KVM" } else { "TCG emulation" },
+            v.reason
+        );
+    }
     Ok(Explanation::new(
         &project,
         &config,

@@ -1,0 +1,62 @@
+#!/bin/sh
+# Runs as mmdebstrap's customize hook (as root, or as root of its user namespace):
+# configures the guest tree $1, then writes vmlinuz, initrd.img, packages.tsv and
+# disk.img into $2, using the guest files in $3.
+set -eu
+ROOT=$1
+OUT=$2
+GUEST=$3
+phase() { echo "vibebox-phase: $*"; }
+
+phase "configuring the guest (user vibecoder, sshd, init)"
+chroot "$ROOT" useradd --create-home --shell /bin/bash --uid 1000 --groups sudo vibecoder
+echo 'vibecoder ALL=(ALL) NOPASSWD:ALL' >"$ROOT/etc/sudoers.d/vibecoder"
+chmod 440 "$ROOT/etc/sudoers.d/vibecoder"
+echo vibebox >"$ROOT/etc/hostname"
+printf '127.0.0.1 localhost\n127.0.1.1 vibebox\n::1 localhost\n' >"$ROOT/etc/hosts"
+install -m 755 "$GUEST/vibebox-init" "$ROOT/sbin/vibebox-init"
+mkdir -p "$ROOT/etc/ssh/sshd_config.d"
+install -m 644 "$GUEST/sshd.conf" "$ROOT/etc/ssh/sshd_config.d/vibebox.conf"
+# Host keys are made at each instance's first boot, never shipped.
+rm -f "$ROOT"/etc/ssh/ssh_host_*
+rm -f "$ROOT"/var/cache/apt/archives/*.deb
+rm -rf "$ROOT"/var/lib/apt/lists/*
+rm -f "$ROOT"/boot/initrd.img*
+
+phase "extracting the kernel and building the initrd"
+KVER=$(ls "$ROOT/lib/modules" | head -n 1)
+cp "$ROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+echo "$KVER" >"$OUT/kernel"
+I="$OUT/initrd-root"
+rm -rf "$I"
+mkdir -p "$I/bin" "$I/lib/modules" "$I/proc" "$I/sys" "$I/dev" "$I/newroot"
+cp "$ROOT/bin/busybox" "$I/bin/busybox"
+install -m 755 "$GUEST/initrd-init" "$I/init"
+for m in virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
+  virtio_blk failover net_failover virtio_net fuse virtiofs virtio_console; do
+  f=$(find "$ROOT/lib/modules/$KVER" -name "$m.ko*" | head -n 1)
+  [ -n "$f" ] || { echo "module $m not found in the guest kernel" >&2; exit 1; }
+  cp "$f" "$I/lib/modules/$m.ko"
+  # Drops the appended signature too: verifying it under TCG is slow.
+  strip --strip-debug "$I/lib/modules/$m.ko"
+  echo "$m" >>"$I/lib/modules/order"
+done
+(cd "$I" && find . | cpio -o -H newc --quiet -R 0:0) >"$OUT/initrd.img"
+# microvm + PVH: an initrd whose size is not a multiple of 4096 can corrupt ACPI tables.
+truncate -s %4096 "$OUT/initrd.img"
+rm -rf "$I"
+
+chroot "$ROOT" dpkg-query -W -f '${Package}\t${Version}\n' >"$OUT/packages.tsv"
+
+phase "making the root disk (mkfs.ext4 -d)"
+# A non-recursive bind mount shows the tree without the /proc, /sys and /dev
+# that mmdebstrap mounted inside it.
+view=$(mktemp -d)
+mount --bind "$ROOT" "$view"
+used=$(du -smx "$view" | cut -f1)
+size=$((used + used / 4 + 256))
+status=0
+mkfs.ext4 -q -F -L vibebox-root -d "$view" "$OUT/disk.img" "${size}M" || status=$?
+umount "$view"
+rmdir "$view"
+exit $status

@@ -1,0 +1,296 @@
+//! Building a base image with mmdebstrap.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::manifest::{sha256_file, verify, Manifest, IMAGE_FILES};
+use crate::{io_err, ImageError};
+
+const VIBEBOX_INIT: &str = include_str!("../guest/vibebox-init");
+const INITRD_INIT: &str = include_str!("../guest/initrd-init");
+const SSHD_CONF: &str = include_str!("../guest/sshd.conf");
+const FINISH: &str = include_str!("../guest/finish.sh");
+
+/// The packages of the guest, besides Debian's minimal base.
+pub const PACKAGES: &[&str] = &[
+    "linux-image-cloud-amd64",
+    "openssh-server",
+    "sudo",
+    "git",
+    "curl",
+    "ca-certificates",
+    "build-essential",
+    "python3",
+    "iproute2",
+    "procps",
+    "less",
+    "busybox-static",
+];
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Image name (directory under `images_dir`).
+    pub name: String,
+    /// `$VIBEBOX_HOME/images`.
+    pub images_dir: PathBuf,
+    /// Debian suite.
+    pub suite: String,
+    /// The apt mirror; `None` uses mmdebstrap's default (the host's Debian mirror).
+    pub mirror: Option<String>,
+}
+
+fn step_err(step: &str, detail: impl Into<String>) -> ImageError {
+    ImageError::Step {
+        step: step.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// Removes build directories left by interrupted builds of `name`.
+fn remove_stale_builds(images_dir: &Path, name: &str) {
+    let prefix = format!(".build-{name}-");
+    if let Ok(rd) = fs::read_dir(images_dir) {
+        for e in rd.flatten() {
+            let file_name = e.file_name().to_string_lossy().into_owned();
+            let pid_alive = file_name
+                .strip_prefix(&prefix)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if file_name.starts_with(&prefix) && !pid_alive {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Builds the image, reporting each phase to `progress`, and returns its manifest.
+///
+/// The image appears at `images_dir/name` only once complete and verified;
+/// an existing image of that name is replaced.
+pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Manifest, ImageError> {
+    let started = Instant::now();
+    fs::create_dir_all(&opts.images_dir).map_err(io_err("cannot create", &opts.images_dir))?;
+    remove_stale_builds(&opts.images_dir, &opts.name);
+    let work = opts
+        .images_dir
+        .join(format!(".build-{}-{}", opts.name, std::process::id()));
+    fs::create_dir_all(&work).map_err(io_err("cannot create", &work))?;
+    let result = build_in(opts, &work, started, progress);
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&work);
+    }
+    result
+}
+
+fn build_in(
+    opts: &BuildOptions,
+    work: &Path,
+    started: Instant,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Manifest, ImageError> {
+    let guest = work.join("guest");
+    fs::create_dir_all(&guest).map_err(io_err("cannot create", &guest))?;
+    for (name, text, mode) in [
+        ("vibebox-init", VIBEBOX_INIT, 0o755),
+        ("initrd-init", INITRD_INIT, 0o755),
+        ("sshd.conf", SSHD_CONF, 0o644),
+        ("finish.sh", FINISH, 0o755),
+    ] {
+        let p = guest.join(name);
+        fs::write(&p, text).map_err(io_err("cannot write", &p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+            .map_err(io_err("cannot chmod", &p))?;
+    }
+    let out = work.join("out");
+    fs::create_dir_all(&out).map_err(io_err("cannot create", &out))?;
+
+    progress(&format!(
+        "bootstrapping Debian {} with mmdebstrap (about a minute from a nearby mirror)",
+        opts.suite
+    ));
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.arg("--variant=minbase")
+        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg(format!(
+            "--customize-hook={} \"$1\" {} {}",
+            guest.join("finish.sh").display(),
+            out.display(),
+            guest.display()
+        ));
+    if !rustix::process::geteuid().is_root() {
+        cmd.arg("--mode=unshare");
+    }
+    cmd.arg(&opts.suite).arg("/dev/null");
+    if let Some(m) = &opts.mirror {
+        cmd.arg(m);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        step_err(
+            "mmdebstrap",
+            format!("cannot run mmdebstrap ({e}); install it with `apt-get install mmdebstrap` or scripts/install-deps"),
+        )
+    })?;
+    // mmdebstrap logs on stderr, and the hook's phase lines end up there too.
+    let stdout = child.stdout.take();
+    let drain = std::thread::spawn(move || {
+        if let Some(s) = stdout {
+            for _ in BufReader::new(s).lines().map_while(Result::ok) {}
+        }
+    });
+    let mut tail: Vec<String> = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(p) = line.strip_prefix("vibebox-phase: ") {
+                progress(p);
+            }
+            tail.push(line);
+            if tail.len() > 40 {
+                tail.remove(0);
+            }
+        }
+    }
+    let _ = drain.join();
+    let status = child
+        .wait()
+        .map_err(|e| step_err("mmdebstrap", e.to_string()))?;
+    if !status.success() {
+        return Err(step_err(
+            "mmdebstrap",
+            format!(
+                "it exited with {status}; its last lines:\n{}",
+                tail.join("\n")
+            ),
+        ));
+    }
+
+    progress("extracting the uncompressed kernel (direct PVH boot)");
+    extract_vmlinux(&out.join("vmlinuz"), &out.join("vmlinux"))?;
+
+    progress("writing the manifest and verifying");
+    let kernel_file = out.join("kernel");
+    let kernel = fs::read_to_string(&kernel_file)
+        .map_err(io_err("cannot read", &kernel_file))?
+        .trim()
+        .to_string();
+    let packages_file = out.join("packages.tsv");
+    let packages: BTreeMap<String, String> = fs::read_to_string(&packages_file)
+        .map_err(io_err("cannot read", &packages_file))?
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(p, v)| (p.to_string(), v.to_string()))
+        .collect();
+    let _ = fs::remove_file(&kernel_file);
+    let _ = fs::remove_file(&packages_file);
+    let mut sha256 = BTreeMap::new();
+    for f in IMAGE_FILES {
+        sha256.insert(f.to_string(), sha256_file(&out.join(f))?);
+    }
+    let manifest = Manifest {
+        name: opts.name.clone(),
+        suite: opts.suite.clone(),
+        kernel,
+        built: jiff::Timestamp::now().to_string(),
+        build_seconds: started.elapsed().as_secs(),
+        sha256,
+        packages,
+    };
+    let text = toml::to_string(&manifest).map_err(|e| step_err("manifest", e.to_string()))?;
+    let mpath = out.join("manifest.toml");
+    fs::write(&mpath, text).map_err(io_err("cannot write", &mpath))?;
+    verify(&out)?;
+
+    let target = opts.images_dir.join(&opts.name);
+    if target.exists() {
+        let old = opts
+            .images_dir
+            .join(format!(".old-{}-{}", opts.name, std::process::id()));
+        fs::rename(&target, &old).map_err(io_err("cannot move", &target))?;
+        let _ = fs::remove_dir_all(&old);
+    }
+    fs::rename(&out, &target).map_err(io_err("cannot install", &target))?;
+    let _ = fs::remove_dir_all(work);
+    Ok(manifest)
+}
+
+/// Writes the uncompressed kernel (`vmlinux`, an ELF with a PVH entry) held in
+/// the bzImage `vmlinuz`. QEMU boots it directly, which is faster than going
+/// through the firmware, and works with any memory size on microvm.
+pub fn extract_vmlinux(vmlinuz: &Path, vmlinux: &Path) -> Result<(), ImageError> {
+    let step = "extracting vmlinux";
+    let data = fs::read(vmlinuz).map_err(io_err("cannot read", vmlinuz))?;
+    let field = |at: usize| -> Option<usize> {
+        data.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    if data.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
+        return Err(step_err(step, "vmlinuz is not a bzImage (no HdrS header)"));
+    }
+    let setup_sects = match data.get(0x1f1) {
+        Some(0) | None => 4,
+        Some(n) => usize::from(*n),
+    };
+    let start = (setup_sects + 1) * 512;
+    let (Some(offset), Some(len)) = (field(0x248), field(0x24c)) else {
+        return Err(step_err(step, "vmlinuz has no payload fields"));
+    };
+    let payload = data
+        .get(start + offset..start + offset + len)
+        .ok_or_else(|| step_err(step, "the payload lies outside vmlinuz"))?;
+    let tool: &[&str] = match payload {
+        [0x02, 0x21, 0x4c, 0x18, ..] => &["lz4", "-dc"],
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => &["zstd", "-dc"],
+        [0xfd, b'7', b'z', b'X', b'Z', ..] => &["xz", "-dc"],
+        [0x1f, 0x8b, ..] => &["gzip", "-dc"],
+        _ => {
+            return Err(step_err(
+                step,
+                "the kernel's compression is not one of lz4, zstd, xz, gzip",
+            ))
+        }
+    };
+    let out = fs::File::create(vmlinux).map_err(io_err("cannot create", vmlinux))?;
+    let mut child = Command::new(tool[0])
+        .args(&tool[1..])
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| step_err(step, format!("cannot run {} ({e}); install it", tool[0])))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| step_err(step, "no stdin"))?;
+    let payload = payload.to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        // The decompressor stops reading at the end of its frame: ignore EPIPE.
+        let _ = stdin.write_all(&payload);
+    });
+    let res = child
+        .wait_with_output()
+        .map_err(|e| step_err(step, e.to_string()))?;
+    let _ = writer.join();
+    let mut head = [0u8; 4];
+    let read =
+        fs::File::open(vmlinux).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+    if read.is_err() || &head != b"\x7fELF" {
+        return Err(step_err(
+            step,
+            format!(
+                "{} did not produce an ELF kernel: {}",
+                tool[0],
+                String::from_utf8_lossy(&res.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}

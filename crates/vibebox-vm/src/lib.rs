@@ -1,0 +1,22 @@
+//! vibebox-vm: the QEMU runtime of vibebox.
+//!
+//! - [`kvm`]: measures whether KVM is usable;
+//! - [`qemu`]: builds QEMU's command line from a validated machine description;
+//! - [`disk`]: instance disks (copy-on-write overlays on a base image);
+//! - [`virtiofs`]: one virtiofsd per mount, read-only enforced on the host;
+//! - [`ssh`]: per-project keys and the pinned guest host key.
+#![warn(missing_docs)]
+
+pub mod disk;
+pub mod kvm;
+pub mod qemu;
+pub mod ssh;
+pub mod virtiofs;
+
+/// Errors of the VM runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Preparing the machine (keys, disk, helpers) failed.
+    #[error("{0}")]
+    Setup(String),
+}

@@ -1,0 +1,231 @@
+//! A client's side of a session: make sure it runs, hold a reference, open SSH.
+
+use std::fs;
+use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use vibebox_core::config::Config;
+use vibebox_core::home::images_dir;
+use vibebox_core::mounts::project_guest_path;
+use vibebox_core::project::Project;
+use vibebox_vm::ssh;
+
+use crate::context::Context;
+use crate::control::{self, Attachment, Status};
+use crate::error::hinted;
+
+/// A live reference to a running session.
+pub struct Attached {
+    /// Held for as long as the client lives; dropping it releases the reference.
+    pub _reference: Attachment,
+    /// The status when the session became ready.
+    pub status: Status,
+    /// The session id.
+    pub session: uuid::Uuid,
+}
+
+/// Builds the base image if the config's image does not exist yet.
+pub fn ensure_image(ctx: &Context, config: &Config) -> anyhow::Result<()> {
+    let dir = images_dir(&ctx.home).join(&config.image);
+    if dir.join("manifest.toml").is_file() {
+        return Ok(());
+    }
+    eprintln!(
+        "vibebox: the base image `{}` does not exist yet: building it now (once; about 1-3 minutes)",
+        config.image
+    );
+    crate::commands::image::build(ctx, &config.image, None)
+}
+
+fn spawn_supervisor(ctx: &Context, project: &Project) -> anyhow::Result<()> {
+    fs::create_dir_all(project.logs_dir())?;
+    let log = project.logs_dir().join("supervisor.log");
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let err = out.try_clone()?;
+    let exe = std::env::current_exe().context("cannot find the vibebox executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__supervise")
+        .arg(project.dir())
+        .env("VIBEBOX_HOME", &ctx.home)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid is async-signal-safe; it detaches the supervisor from the
+    // client's session and terminal so it outlives the client.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn().context("cannot start the supervisor")?;
+    Ok(())
+}
+
+/// Starts the session's supervisor if none answers, then attaches to it and
+/// waits until the machine is running. Progress goes to stderr.
+pub fn ensure_running(
+    ctx: &Context,
+    project: &Project,
+    config: &Config,
+    session: uuid::Uuid,
+) -> anyhow::Result<Attached> {
+    ensure_image(ctx, config)?;
+    let socket = project.socket_path();
+    {
+        // One client at a time decides whether to start a supervisor.
+        let lock_path = project.state_dir().join("spawn.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .context("cannot lock the session")?;
+        if control::status(&socket).is_none() {
+            spawn_supervisor(ctx, project)?;
+            let start = Instant::now();
+            while control::status(&socket).is_none() {
+                if start.elapsed() > Duration::from_secs(60) {
+                    bail!(
+                        "the supervisor did not answer within 60 s; see {}",
+                        project.logs_dir().join("supervisor.log").display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let mut attachment = Attachment::connect(&socket).context("cannot attach to the supervisor")?;
+    let mut last_detail = None;
+    loop {
+        let Some(status) = attachment.next_status() else {
+            return Err(hinted(
+                "the supervisor stopped before the machine was ready",
+                format!(
+                    "see {}",
+                    project.logs_dir().join("supervisor.log").display()
+                ),
+            ));
+        };
+        match status.state.as_str() {
+            "running" => {
+                return Ok(Attached {
+                    _reference: attachment,
+                    status,
+                    session,
+                })
+            }
+            "failed" => {
+                return Err(hinted(
+                    format!(
+                        "session {session} could not start: {}",
+                        status.detail.unwrap_or_default()
+                    ),
+                    format!("see {}", project.logs_dir().display()),
+                ))
+            }
+            "stopping" => {
+                return Err(hinted(
+                    format!("session {session} is shutting down"),
+                    "run the command again in a few seconds",
+                ))
+            }
+            _ => {
+                if status.detail.is_some() && status.detail != last_detail {
+                    eprintln!("vibebox: {}", status.detail.clone().unwrap_or_default());
+                    last_detail = status.detail;
+                }
+            }
+        }
+    }
+}
+
+/// The ssh command to the guest of `project` (add `-t`/`-T` and the command).
+pub fn ssh_command(project: &Project, session: &uuid::Uuid, port: u16) -> Command {
+    let control = crate::supervisor::run_dir(session).join("ssh-master");
+    let mut cmd = Command::new("ssh");
+    cmd.args(ssh::options(&project.ssh_dir(), port, &control));
+    cmd
+}
+
+/// Quotes `s` for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Runs `remote` (a shell command line) in the guest's project directory, or
+/// an interactive login shell when `remote` is `None`. Returns the exit code.
+pub fn run_ssh(
+    project: &Project,
+    attached: &Attached,
+    remote: Option<String>,
+) -> anyhow::Result<i32> {
+    let port = attached
+        .status
+        .ssh_port
+        .ok_or_else(|| anyhow::anyhow!("the supervisor did not report an SSH port"))?;
+    let mut cmd = ssh_command(project, &attached.session, port);
+    let dir = shell_quote(&project_guest_path(project.dir()));
+    match remote {
+        None => {
+            if std::io::stdin().is_terminal() {
+                cmd.arg("-t");
+            } else {
+                cmd.arg("-T");
+            }
+            cmd.arg("vibecoder@127.0.0.1")
+                .arg(format!("cd {dir} && exec bash -l"));
+        }
+        Some(line) => {
+            cmd.arg("-T")
+                .arg("vibecoder@127.0.0.1")
+                .arg(format!("cd {dir} && {line}"));
+        }
+    }
+    let status = cmd
+        .status()
+        .context("cannot run ssh; install openssh-client")?;
+    Ok(status.code().unwrap_or(255))
+}
+
+/// The `Host` block of `vibebox ssh-config`.
+pub fn ssh_config_block(project: &Project, session: &uuid::Uuid, port: u16) -> String {
+    let ssh_dir = project.ssh_dir();
+    format!(
+        "Host vibebox-{name}\n  HostName 127.0.0.1\n  Port {port}\n  User vibecoder\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  StrictHostKeyChecking yes\n  HostKeyAlias {alias}\n  # session {session}\n",
+        name = project.name(),
+        key = ssh::key_path(&ssh_dir).display(),
+        kh = ssh::known_hosts_path(&ssh_dir).display(),
+        alias = ssh::HOST_ALIAS,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn quoting_survives_hostile_arguments() {
+        assert_eq!(shell_quote("ls"), "ls");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's; rm -rf /"), "'it'\\''s; rm -rf /'");
+        assert_eq!(shell_quote("$(id)"), "'$(id)'");
+    }
+}

@@ -1,0 +1,97 @@
+//! `vibebox image build|list|rm`.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use vibebox_core::home::images_dir;
+use vibebox_image::BuildOptions;
+
+use crate::cli::ImageCommand;
+use crate::context::Context;
+use crate::error::hinted;
+
+/// Builds image `name`, printing each phase with the time since the start.
+pub fn build(ctx: &Context, name: &str, mirror: Option<String>) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !valid {
+        return Err(hinted(
+            format!("`{name}` is not a valid image name"),
+            "use letters, digits, `.`, `_` and `-`",
+        ));
+    }
+    let opts = BuildOptions {
+        name: name.to_string(),
+        images_dir: images_dir(&ctx.home),
+        suite: "bookworm".to_string(),
+        mirror,
+    };
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut progress = |phase: &str| {
+        let t = start.elapsed().as_secs();
+        if tty {
+            eprintln!("\x1b[1m[{t:>3}s]\x1b[0m {phase}");
+        } else {
+            eprintln!("[{t:>3}s] {phase}");
+        }
+    };
+    let m = vibebox_image::build(&opts, &mut progress).map_err(|e| {
+        anyhow::Error::new(e).context(format!(
+            "building image `{name}` failed; no image was installed"
+        ))
+    })?;
+    println!(
+        "built image `{}` (Debian {}, kernel {}, {} packages) in {} s",
+        m.name,
+        m.suite,
+        m.kernel,
+        m.packages.len(),
+        m.build_seconds
+    );
+    Ok(())
+}
+
+/// Runs `vibebox image ...`.
+pub fn run(ctx: &Context, command: ImageCommand) -> anyhow::Result<()> {
+    let dir = images_dir(&ctx.home);
+    match command {
+        ImageCommand::Build { name, mirror } => build(ctx, &name, mirror),
+        ImageCommand::List { json } => {
+            let images = vibebox_image::list(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&images)?);
+            } else if images.is_empty() {
+                println!("no images yet: `vibebox image build` makes one (the first `vibebox` does it too)");
+            } else {
+                let mut rows = vec![vec![
+                    "NAME".to_string(),
+                    "SUITE".to_string(),
+                    "KERNEL".to_string(),
+                    "SIZE".to_string(),
+                    "BUILT".to_string(),
+                ]];
+                for i in images {
+                    rows.push(vec![
+                        i.name,
+                        i.manifest.suite,
+                        i.manifest.kernel,
+                        format!("{} MiB", i.disk_usage / (1 << 20)),
+                        i.manifest.built,
+                    ]);
+                }
+                print!("{}", crate::terminal::table(&rows));
+            }
+            Ok(())
+        }
+        ImageCommand::Rm { name } => {
+            vibebox_image::remove(&dir, &name)
+                .map_err(|e| hinted(e.to_string(), "`vibebox image list` shows the images"))?;
+            println!("removed image `{name}`");
+            Ok(())
+        }
+    }
+}

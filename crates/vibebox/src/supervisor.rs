@@ -1,0 +1,592 @@
+//! The supervisor: one background process per running session, the only owner
+//! of QEMU and its helpers. It counts references (live control connections),
+//! and shuts the machine down `auto_shutdown_ms` after the count reaches 0.
+//!
+//! Its children get `PR_SET_PDEATHSIG(SIGKILL)`, so a supervisor killed with
+//! SIGKILL leaves no QEMU or virtiofsd behind.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use vibebox_core::config::Config;
+use vibebox_core::home::images_dir;
+use vibebox_core::mounts::{self, MountMode};
+use vibebox_core::project::Project;
+use vibebox_vm::kvm::KvmVerdict;
+use vibebox_vm::qemu::{Accel, Machine, Share};
+use vibebox_vm::virtiofs::ShareSpec;
+use vibebox_vm::{disk, ssh, virtiofs};
+
+use crate::context::Context;
+use crate::control::Status;
+
+/// How long the guest may take from QEMU start to "ready" (TCG is slow).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(Debug)]
+struct Shared {
+    status: Status,
+    stop: bool,
+    zero_since: Option<Instant>,
+    generation: u64,
+}
+
+type State = Arc<(Mutex<Shared>, Condvar)>;
+
+fn update(state: &State, f: impl FnOnce(&mut Shared)) {
+    let (lock, cv) = &**state;
+    let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut s);
+    s.generation += 1;
+    cv.notify_all();
+}
+
+fn snapshot(state: &State) -> (Status, u64) {
+    let s = state.0.lock().unwrap_or_else(|e| e.into_inner());
+    (s.status.clone(), s.generation)
+}
+
+fn send(stream: &mut UnixStream, status: &Status) -> bool {
+    let Ok(mut line) = serde_json::to_string(status) else {
+        return false;
+    };
+    line.push('\n');
+    stream.write_all(line.as_bytes()).is_ok()
+}
+
+/// Serves one control connection.
+fn serve(mut stream: UnixStream, state: State) {
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let op = serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_string))
+        .unwrap_or_default();
+    match op.as_str() {
+        "status" => {
+            let (s, _) = snapshot(&state);
+            send(&mut stream, &s);
+        }
+        "stop" => update(&state, |s| s.stop = true),
+        "attach" => {
+            update(&state, |s| {
+                s.status.clients += 1;
+                s.zero_since = None;
+            });
+            // A reader thread notices the client going away (EOF), even if it
+            // was killed, and wakes the writer loop below.
+            let gone = Arc::new(Mutex::new(false));
+            let gone2 = gone.clone();
+            let state2 = state.clone();
+            std::thread::spawn(move || {
+                let mut buf = String::new();
+                while matches!(reader.read_line(&mut buf), Ok(n) if n > 0) {
+                    buf.clear();
+                }
+                *gone2.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                update(&state2, |_| {});
+            });
+            let mut seen = u64::MAX;
+            loop {
+                let (status, generation) = snapshot(&state);
+                if *gone.lock().unwrap_or_else(|e| e.into_inner()) {
+                    break;
+                }
+                if generation != seen {
+                    seen = generation;
+                    if !send(&mut stream, &status) {
+                        break;
+                    }
+                }
+                let (lock, cv) = &*state;
+                let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                if guard.generation == seen {
+                    let _ = cv.wait_timeout(guard, Duration::from_millis(500));
+                }
+            }
+            update(&state, |s| {
+                s.status.clients = s.status.clients.saturating_sub(1);
+                if s.status.clients == 0 {
+                    s.zero_since = Some(Instant::now());
+                }
+            });
+        }
+        _ => {}
+    }
+}
+
+/// Spawns `cmd` so that it dies with the supervisor.
+fn spawn_tied(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: only async-signal-safe calls (prctl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))
+}
+
+/// The host's TSC frequency in kHz, for the guest's early clock under TCG.
+fn tsc_khz() -> Option<u64> {
+    let text = fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = text
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+/// KVM usability, measured once per host boot and cached in `VIBEBOX_HOME`.
+pub fn kvm_verdict(ctx: &Context) -> KvmVerdict {
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let cache = ctx.home.join("kvm-probe.json");
+    if let Ok(text) = fs::read_to_string(&cache) {
+        if let Ok((id, v)) = serde_json::from_str::<(String, KvmVerdict)>(&text) {
+            if id == boot_id.trim() {
+                return v;
+            }
+        }
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vibebox"));
+    let v = vibebox_vm::kvm::probe(&exe, &["__kvm-probe"]);
+    if let Ok(text) = serde_json::to_string(&(boot_id.trim(), &v)) {
+        let _ = fs::create_dir_all(&ctx.home);
+        let _ = fs::write(&cache, text);
+    }
+    v
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free local port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A short private directory for the helpers' sockets (unix socket paths are
+/// limited to 108 bytes, project paths are not).
+pub fn run_dir(session: &uuid::Uuid) -> PathBuf {
+    let uid = rustix::process::getuid().as_raw();
+    std::env::temp_dir()
+        .join(format!("vibebox-{uid}"))
+        .join(session.simple().to_string())
+}
+
+fn wait_for(path: &Path, timeout: Duration, children: &mut [Child]) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !path.exists() {
+        for c in children.iter_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                bail!(
+                    "a helper exited ({status}) before creating {}",
+                    path.display()
+                );
+            }
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{} did not appear within {} s",
+                path.display(),
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Everything the running machine is made of.
+struct Running {
+    qemu: Child,
+    helpers: Vec<Child>,
+    control: UnixStream,
+    run_dir: PathBuf,
+}
+
+impl Running {
+    fn shutdown(mut self, log: &mut dyn FnMut(&str)) {
+        log("shutting down: asking the guest to power off");
+        let _ = self.control.write_all(b"poweroff\n");
+        let start = Instant::now();
+        let mut exited = false;
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.qemu.try_wait() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !exited {
+            log("the guest did not power off within 20 s: killing QEMU");
+            let _ = self.qemu.kill();
+            let _ = self.qemu.wait();
+        }
+        for h in &mut self.helpers {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        let _ = fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+fn boot(
+    ctx: &Context,
+    project: &Project,
+    config: &Config,
+    session: &uuid::Uuid,
+    state: &State,
+    log: &mut dyn FnMut(&str),
+) -> anyhow::Result<Running> {
+    let detail = |s: &str| {
+        let s = s.to_string();
+        update(state, |st| st.status.detail = Some(s));
+    };
+    let image = images_dir(&ctx.home).join(&config.image);
+    for f in ["disk.img", "vmlinux", "initrd.img", "manifest.toml"] {
+        if !image.join(f).is_file() {
+            bail!(
+                "the base image `{}` is missing {f}; build it with `vibebox image build --name {}`",
+                config.image,
+                config.image
+            );
+        }
+    }
+    detail("preparing keys and the instance disk");
+    let pubkey = ssh::ensure_keypair(&project.ssh_dir())?;
+    if disk::ensure_overlay(
+        &image.join("disk.img"),
+        &project.disk_path(),
+        config.disk_gb,
+    )? {
+        log("created the instance disk");
+    }
+    let verdict = kvm_verdict(ctx);
+    let accel = if verdict.usable {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    log(&format!("accelerator: {accel:?} ({})", verdict.reason));
+
+    let run_dir = run_dir(session);
+    let _ = fs::remove_dir_all(&run_dir);
+    fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    fs::set_permissions(&run_dir, fs::Permissions::from_mode(0o700))?;
+    let empty = run_dir.join("empty");
+    fs::create_dir_all(&empty)?;
+
+    detail("starting virtiofsd for the mounts");
+    let cache = ctx.host_home.join(".cache/vibebox");
+    let virtiofsd = virtiofs::find_virtiofsd(&cache).ok_or_else(|| {
+        anyhow::anyhow!(
+            "virtiofsd is not installed; run scripts/install-deps (it builds it with cargo)"
+        )
+    })?;
+    let resolved = mounts::resolve(&config.mount_specs(), &ctx.host_home, project.dir());
+    let secret_dirs = [project.state_dir(), ctx.home.clone()];
+    let mut helpers = Vec::new();
+    let mut shares = Vec::new();
+    let mut guest_mounts = Vec::new();
+    let vlog = project.logs_dir().join("virtiofsd.log");
+    for (i, m) in resolved.iter().enumerate() {
+        let socket = run_dir.join(format!("fs{i}.sock"));
+        let hide: Vec<PathBuf> = secret_dirs
+            .iter()
+            .filter(|d| d.starts_with(&m.host) && d.is_dir())
+            .cloned()
+            .collect();
+        if !m.host.is_dir() {
+            bail!(
+                "mount {} -> {}: the host path is not a directory",
+                m.host.display(),
+                m.guest
+            );
+        }
+        let spec = ShareSpec {
+            shared_dir: m.host.clone(),
+            socket: socket.clone(),
+            readonly: m.mode == MountMode::ReadOnly,
+            hide,
+            guest_uid: 1000,
+        };
+        helpers.push(spawn_tied(
+            &mut virtiofs::command(&virtiofsd, &spec, &empty),
+            &vlog,
+        )?);
+        wait_for(&socket, Duration::from_secs(10), &mut helpers).with_context(|| {
+            format!(
+                "virtiofsd for {} did not start (see {})",
+                m.host.display(),
+                vlog.display()
+            )
+        })?;
+        let tag = format!("m{i}");
+        shares.push(Share {
+            tag: tag.clone(),
+            socket,
+        });
+        guest_mounts.push((tag, m.mode, m.guest.clone()));
+    }
+
+    detail(&format!(
+        "booting the guest ({})",
+        match accel {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG emulation: KVM is not usable here",
+        }
+    ));
+    let ssh_port = free_port()?;
+    let machine = Machine {
+        accel,
+        cpus: config.cpu_count,
+        ram_mb: config.ram_mb,
+        kernel: image.join("vmlinux"),
+        initrd: image.join("initrd.img"),
+        base_disk: image.join("disk.img"),
+        overlay: project.disk_path(),
+        tsc_khz: if accel == Accel::Tcg { tsc_khz() } else { None },
+        ssh_port,
+        control_socket: run_dir.join("ctl.sock"),
+        qmp_socket: run_dir.join("qmp.sock"),
+        console_log: project.logs_dir().join("console.log"),
+        shares,
+    };
+    let _ = fs::remove_file(&machine.console_log);
+    let mut qemu_cmd = Command::new("qemu-system-x86_64");
+    qemu_cmd.args(machine.args());
+    let qemu = spawn_tied(&mut qemu_cmd, &project.logs_dir().join("qemu.log"))?;
+    let mut all = vec![qemu];
+    wait_for(&machine.control_socket, Duration::from_secs(20), &mut all)
+        .context("QEMU did not start (see .vibebox/logs/qemu.log)")?;
+    let qemu = all.remove(0);
+    let mut control = UnixStream::connect(&machine.control_socket)
+        .context("cannot connect to the guest's control port")?;
+    let mut msg = String::new();
+    let mut key = pubkey.split_whitespace();
+    msg.push_str(&format!(
+        "key {} {}\n",
+        key.next().unwrap_or_default(),
+        key.next().unwrap_or_default()
+    ));
+    msg.push_str("net 10.0.2.15/24 10.0.2.2 10.0.2.3\n");
+    for (tag, mode, guest) in &guest_mounts {
+        let mode = if *mode == MountMode::ReadOnly {
+            "ro"
+        } else {
+            "rw"
+        };
+        msg.push_str(&format!("mount {tag} {mode} {}\n", b64(guest.as_bytes())));
+    }
+    msg.push_str("end\n");
+    control.write_all(msg.as_bytes())?;
+    let mut running = Running {
+        qemu,
+        helpers,
+        control,
+        run_dir,
+    };
+    // Wait for "ready <host key>".
+    running
+        .control
+        .set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut reader = BufReader::new(running.control.try_clone()?);
+    let start = Instant::now();
+    let mut line = String::new();
+    loop {
+        if let Ok(Some(status)) = running.qemu.try_wait() {
+            bail!("QEMU exited during boot ({status}); see .vibebox/logs/console.log and qemu.log");
+        }
+        if start.elapsed() > BOOT_TIMEOUT {
+            running.shutdown(log);
+            bail!(
+                "the guest did not become ready within {} s; see .vibebox/logs/console.log",
+                BOOT_TIMEOUT.as_secs()
+            );
+        }
+        match reader.read_line(&mut line) {
+            Ok(0) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(_) => {
+                if let Some(rest) = line.trim().strip_prefix("ready ") {
+                    let (kind, blob) = ssh::parse_host_key(rest)
+                        .ok_or_else(|| anyhow::anyhow!("the guest sent an invalid host key"))?;
+                    ssh::pin_host_key(&project.ssh_dir(), &kind, &blob)?;
+                    break;
+                }
+                line.clear();
+            }
+            Err(_) => {}
+        }
+    }
+    running.control.set_read_timeout(None)?;
+    log(&format!(
+        "guest ready after {:.1} s",
+        start.elapsed().as_secs_f64()
+    ));
+    update(state, |s| s.status.ssh_port = Some(ssh_port));
+    Ok(running)
+}
+
+/// Runs the supervisor of the project at `dir` until the session stops.
+pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
+    let project = Project::at(dir);
+    fs::create_dir_all(project.logs_dir())?;
+    let mut log = |m: &str| eprintln!("[{}] {m}", jiff::Timestamp::now());
+    // One supervisor per session: the lock is held for the life of the process.
+    let lock_path = project.state_dir().join("supervisor.lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        log("another supervisor runs this session; exiting");
+        return Ok(());
+    }
+    let config = crate::commands::load_config(&project)?;
+    let session = project
+        .read_session_id()?
+        .ok_or_else(|| anyhow::anyhow!("{} has no session", project.dir().display()))?;
+    let socket = project.socket_path();
+    let _ = fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let state: State = Arc::new((
+        Mutex::new(Shared {
+            status: Status {
+                state: "starting".into(),
+                clients: 0,
+                ssh_port: None,
+                detail: None,
+            },
+            stop: false,
+            zero_since: Some(Instant::now()),
+            generation: 0,
+        }),
+        Condvar::new(),
+    ));
+    let accept_state = state.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let st = accept_state.clone();
+            std::thread::spawn(move || serve(conn, st));
+        }
+    });
+    log(&format!(
+        "supervising session {session} of {}",
+        project.dir().display()
+    ));
+    let running = match boot(ctx, &project, &config, &session, &state, &mut log) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            log(&format!("boot failed: {msg}"));
+            update(&state, |s| {
+                s.status.state = "failed".into();
+                s.status.detail = Some(msg);
+            });
+            // Give attached clients a moment to read why.
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = fs::remove_file(&socket);
+            let _ = fs::remove_dir_all(run_dir(&session));
+            return Err(e);
+        }
+    };
+    update(&state, |s| {
+        s.status.state = "running".into();
+        s.status.detail = None;
+        if s.status.clients == 0 {
+            s.zero_since = Some(Instant::now());
+        }
+    });
+    let grace = Duration::from_millis(config.auto_shutdown_ms);
+    let mut running = running;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(Some(status)) = running.qemu.try_wait() {
+            log(&format!("QEMU exited ({status})"));
+            break;
+        }
+        let (stop, idle) = {
+            let s = state.0.lock().unwrap_or_else(|e| e.into_inner());
+            let idle = s.status.clients == 0 && s.zero_since.is_some_and(|t| t.elapsed() >= grace);
+            (s.stop, idle)
+        };
+        if stop || idle {
+            log(if stop {
+                "stop requested"
+            } else {
+                "no clients for the whole grace period"
+            });
+            break;
+        }
+    }
+    update(&state, |s| s.status.state = "stopping".into());
+    // Stop accepting: clients from now on start a new supervisor.
+    let _ = fs::remove_file(&socket);
+    running.shutdown(&mut log);
+    log("stopped");
+    drop(lock);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::b64;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(b64(b""), "");
+        assert_eq!(b64(b"f"), "Zg==");
+        assert_eq!(b64(b"fo"), "Zm8=");
+        assert_eq!(b64(b"foo"), "Zm9v");
+        assert_eq!(b64(b"/home/vibecoder/a b"), "L2hvbWUvdmliZWNvZGVyL2EgYg==");
+    }
+}
