@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::manifest::{sha256_file, verify, Manifest, IMAGE_FILES};
+use crate::manifest::{sha256_file, Manifest, IMAGE_FILES};
 use crate::{io_err, ImageError};
 
 const VIBEBOX_INIT: &str = include_str!("../guest/vibebox-init");
@@ -206,7 +206,7 @@ fn build_in(
     let text = toml::to_string(&manifest).map_err(|e| step_err("manifest", e.to_string()))?;
     let mpath = out.join("manifest.toml");
     fs::write(&mpath, text).map_err(io_err("cannot write", &mpath))?;
-    verify(&out)?;
+    check_structure(&out)?;
 
     let target = opts.images_dir.join(&opts.name);
     if target.exists() {
@@ -290,6 +290,47 @@ pub fn extract_vmlinux(vmlinuz: &Path, vmlinux: &Path) -> Result<(), ImageError>
                 tool[0],
                 String::from_utf8_lossy(&res.stderr).trim()
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what a finished image must be before it is installed: a clean ext4
+/// root disk holding our init, an ELF kernel, a page-aligned initrd.
+fn check_structure(dir: &Path) -> Result<(), ImageError> {
+    let step = "verifying the image";
+    let fsck = Command::new("e2fsck")
+        .args(["-n", "-f"])
+        .arg(dir.join("disk.img"))
+        .output()
+        .map_err(|e| step_err(step, format!("cannot run e2fsck ({e})")))?;
+    if !fsck.status.success() {
+        return Err(step_err(
+            step,
+            format!(
+                "the root disk is damaged: {}",
+                String::from_utf8_lossy(&fsck.stdout).trim()
+            ),
+        ));
+    }
+    let init = Command::new("debugfs")
+        .args(["-R", "stat /sbin/vibebox-init"])
+        .arg(dir.join("disk.img"))
+        .output()
+        .map_err(|e| step_err(step, format!("cannot run debugfs ({e})")))?;
+    if !String::from_utf8_lossy(&init.stdout).contains("Mode:  0755") {
+        return Err(step_err(
+            step,
+            "the root disk has no executable /sbin/vibebox-init",
+        ));
+    }
+    let initrd_len = fs::metadata(dir.join("initrd.img"))
+        .map_err(io_err("cannot read", &dir.join("initrd.img")))?
+        .len();
+    if initrd_len == 0 || initrd_len % 4096 != 0 {
+        return Err(step_err(
+            step,
+            "the initrd is empty or not padded to 4096 bytes",
         ));
     }
     Ok(())

@@ -22,6 +22,9 @@ pub struct Status {
     /// Host loopback port of the guest's sshd, once running.
     #[serde(default)]
     pub ssh_port: Option<u16>,
+    /// The supervisor's process id.
+    #[serde(default)]
+    pub pid: Option<u32>,
     /// What the supervisor is doing or why it failed.
     #[serde(default)]
     pub detail: Option<String>,

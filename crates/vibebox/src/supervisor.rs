@@ -504,6 +504,7 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
                 state: "starting".into(),
                 clients: 0,
                 ssh_port: None,
+                pid: Some(std::process::id()),
                 detail: None,
             },
             stop: false,

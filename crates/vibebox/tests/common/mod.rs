@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod vm;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

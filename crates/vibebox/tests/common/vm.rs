@@ -1,0 +1,158 @@
+//! Helpers for tests that boot the real guest (TCG where KVM is not usable).
+//!
+//! The base image is built once into a shared cache
+//! (`~/.cache/vibebox/test-home/images`) and linked into each test's
+//! `VIBEBOX_HOME`. Without QEMU the tests skip on a developer machine, but
+//! with `CI=true` a missing prerequisite fails loudly.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use super::World;
+
+/// VM tests run one at a time (they are CPU-heavy on 2 cores).
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+fn real_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into())
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| real_home().join(".cache"))
+        .join("vibebox")
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// The PATH for vibebox in tests: the usual one plus the cached virtiofsd.
+pub fn test_path() -> String {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.push(cache_dir().join("virtiofsd/bin"));
+    std::env::join_paths(dirs)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn missing_prerequisite() -> Option<String> {
+    for p in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "ssh",
+        "ssh-keygen",
+        "unshare",
+    ] {
+        if !on_path(p) {
+            return Some(format!("{p} is not installed"));
+        }
+    }
+    let virtiofsd = on_path("virtiofsd") || cache_dir().join("virtiofsd/bin/virtiofsd").is_file();
+    if !virtiofsd {
+        return Some("virtiofsd is not installed (scripts/install-deps builds it)".into());
+    }
+    None
+}
+
+/// Whether VM tests can run here; panics under CI when they cannot.
+pub fn available() -> bool {
+    match missing_prerequisite() {
+        None => true,
+        Some(why) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("VM test prerequisites missing under CI: {why}");
+            }
+            eprintln!("skipping VM test: {why}");
+            false
+        }
+    }
+}
+
+/// The shared images directory, with the default image built (once).
+pub fn shared_images() -> PathBuf {
+    let home = cache_dir().join("test-home");
+    let images = home.join("images");
+    fs::create_dir_all(&images).expect("cache dir");
+    let lock = fs::File::create(home.join("build.lock")).expect("lock file");
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+    if !images.join("debian-bookworm/manifest.toml").is_file() {
+        eprintln!("building the shared test image (once, about 2 minutes)");
+        let status = Command::new(assert_cmd::cargo::cargo_bin("vibebox"))
+            .args(["image", "build"])
+            .env("VIBEBOX_HOME", &home)
+            .status()
+            .expect("vibebox image build runs");
+        assert!(status.success(), "the shared test image could not be built");
+    }
+    images
+}
+
+impl World {
+    /// A world whose VIBEBOX_HOME shares the cached base image.
+    pub fn with_image() -> World {
+        let w = World::new();
+        std::os::unix::fs::symlink(shared_images(), w.vibebox_home().join("images"))
+            .expect("link images");
+        w
+    }
+
+    /// `vibebox` for a VM test: the world's env plus the test PATH.
+    pub fn vm(&self, dir: &Path) -> assert_cmd::Command {
+        let mut c = self.vibebox(dir);
+        c.env("PATH", test_path())
+            .timeout(std::time::Duration::from_secs(600));
+        c
+    }
+
+    /// The JSON of `vibebox list --json`.
+    pub fn list_json(&self, dir: &Path) -> serde_json::Value {
+        let out = self
+            .vibebox(dir)
+            .args(["list", "--json"])
+            .output()
+            .expect("list");
+        serde_json::from_slice(&out.stdout).expect("list JSON")
+    }
+}
+
+/// Processes whose command line mentions `needle` (other than ourselves).
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+/// Waits (bounded) until `f` is true; returns whether it became true.
+pub fn eventually(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    f()
+}

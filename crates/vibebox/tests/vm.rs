@@ -1,0 +1,258 @@
+//! End-to-end tests that boot the real guest under TCG (or KVM where usable).
+//!
+//! They share one cached base image and run one at a time.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::vm::{self, eventually, processes_mentioning};
+use common::World;
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    vm::SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn write_config(dir: &std::path::Path, extra_box: &str, grace_ms: u64) {
+    fs::write(
+        dir.join("vibebox.toml"),
+        format!("[box]\ncpu_count = 2\nram_mb = 1024\ndisk_gb = 4\nmounts = [{extra_box}]\n\n[supervisor]\nauto_shutdown_ms = {grace_ms}\n"),
+    )
+    .unwrap();
+}
+
+fn session_state(w: &World, dir: &std::path::Path) -> (String, u64) {
+    let list = w.list_json(dir);
+    let row = &list[0];
+    (
+        row["state"].as_str().unwrap_or_default().to_string(),
+        row["clients"].as_u64().unwrap_or_default(),
+    )
+}
+
+/// The whole life of a session: create, run commands, share with a second
+/// client, shut down after the grace period, restart on the same disk, delete.
+#[test]
+fn session_lifecycle_in_a_real_vm() {
+    let _serial = lock();
+    if !vm::available() {
+        return;
+    }
+    let w = World::with_image();
+    let dir = w.project("app");
+    write_config(&dir, "", 3000);
+    fs::write(dir.join("from-host.txt"), "hello from the host\n").unwrap();
+
+    // A command runs in the project directory as the guest user; exit codes pass through.
+    let out = w
+        .vm(&dir)
+        .args(["exec", "--", "sh", "-c", "pwd; id -un; hostname; cat from-host.txt; echo written > from-guest.txt; echo persistent > /var/tmp/marker"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        &lines[..4],
+        [
+            "/home/vibecoder/app",
+            "vibecoder",
+            "vibebox",
+            "hello from the host"
+        ]
+    );
+    let written = dir.join("from-guest.txt");
+    assert_eq!(fs::read_to_string(&written).unwrap(), "written\n");
+    let me = rustix::process::getuid().as_raw();
+    assert_eq!(
+        fs::metadata(&written).unwrap().uid(),
+        me,
+        "guest files belong to the host user"
+    );
+    w.vm(&dir)
+        .args(["exec", "--", "sh", "-c", "exit 7"])
+        .assert()
+        .code(7);
+
+    // A second and third client attach to the same machine: the refcount shows them.
+    let mut clients: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            Command::new(assert_cmd::cargo::cargo_bin("vibebox"))
+                .args(["exec", "--", "sleep", "300"])
+                .current_dir(&dir)
+                .env("HOME", w.home())
+                .env("VIBEBOX_HOME", w.vibebox_home())
+                .env("PATH", vm::test_path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(60), || session_state(&w, &dir)
+            == ("running".into(), 2)),
+        "two clients attached: {:?}",
+        session_state(&w, &dir)
+    );
+    // A client killed with SIGKILL releases its reference.
+    clients[0].kill().unwrap();
+    clients[0].wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || session_state(&w, &dir)
+            == ("running".into(), 1)),
+        "{:?}",
+        session_state(&w, &dir)
+    );
+    clients[1].kill().unwrap();
+    clients[1].wait().unwrap();
+    // After the last client, the machine stops once the grace period is over.
+    assert!(
+        eventually(Duration::from_secs(90), || session_state(&w, &dir).0
+            == "stopped"),
+        "{:?}",
+        session_state(&w, &dir)
+    );
+    assert!(dir.join(".vibebox/disk.qcow2").is_file(), "the disk stays");
+
+    // The next start reuses the disk.
+    let out = w
+        .vm(&dir)
+        .args(["exec", "--", "cat", "/var/tmp/marker"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "persistent\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // delete --force stops it and removes everything.
+    let id = common::session_id(&dir);
+    w.vm(&dir)
+        .args(["delete", &id, "--yes", "--force"])
+        .assert()
+        .success();
+    assert!(!dir.join(".vibebox").exists());
+    assert!(w.sessions().is_empty());
+}
+
+/// Mounts are enforced on the host: read-only stays read-only for guest root,
+/// `.vibebox/` is invisible, and links cannot reach outside the shares.
+#[test]
+fn mounts_cannot_be_escaped_from_guest_root() {
+    let _serial = lock();
+    if !vm::available() {
+        return;
+    }
+    let w = World::with_image();
+    let dir = w.project("proj");
+    let ro = w.root().join("readonly-data");
+    fs::create_dir_all(&ro).unwrap();
+    fs::write(ro.join("file.txt"), "original\n").unwrap();
+    let secret = w.root().join("host-secret.txt");
+    fs::write(&secret, "TOP-SECRET-HOST-FILE\n").unwrap();
+    std::os::unix::fs::symlink(&secret, dir.join("abs-link")).unwrap();
+    std::os::unix::fs::symlink("../host-secret.txt", dir.join("rel-link")).unwrap();
+    write_config(&dir, &format!("\"{}:/data:read-only\"", ro.display()), 1000);
+    // Guest root tries everything it can.
+    let script = r#"
+        sudo mount -o remount,rw /data 2>/dev/null
+        sudo sh -c 'echo changed > /data/file.txt' 2>/dev/null && echo RO-WRITE-SUCCEEDED
+        sudo touch /data/new 2>/dev/null && echo RO-CREATE-SUCCEEDED
+        ls -A .vibebox 2>/dev/null | grep -q . && echo VIBEBOX-VISIBLE
+        sudo cat .vibebox/ssh/id_ed25519 2>/dev/null && echo KEY-READABLE
+        sudo umount .vibebox 2>/dev/null; sudo ls -A .vibebox 2>/dev/null | grep -q . && echo VIBEBOX-AFTER-UMOUNT
+        cat abs-link rel-link ../proj/../host-secret.txt 2>/dev/null
+        sudo cat /home/vibecoder/host-secret.txt 2>/dev/null
+        echo done
+    "#;
+    let out = w
+        .vm(&dir)
+        .args(["exec", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("done"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for bad in [
+        "RO-WRITE-SUCCEEDED",
+        "RO-CREATE-SUCCEEDED",
+        "VIBEBOX-VISIBLE",
+        "KEY-READABLE",
+        "VIBEBOX-AFTER-UMOUNT",
+        "TOP-SECRET-HOST-FILE",
+    ] {
+        assert!(!text.contains(bad), "{bad} in:\n{text}");
+    }
+    assert_eq!(
+        fs::read_to_string(ro.join("file.txt")).unwrap(),
+        "original\n"
+    );
+    assert!(!ro.join("new").exists());
+    w.vm(&dir).arg("stop").assert().success();
+}
+
+/// A supervisor killed with SIGKILL leaves no QEMU or virtiofsd behind, and the
+/// next `vibebox` recovers.
+#[test]
+fn killed_supervisor_leaves_nothing_behind() {
+    let _serial = lock();
+    if !vm::available() {
+        return;
+    }
+    let w = World::with_image();
+    let dir = w.project("crashy");
+    write_config(&dir, "", 60_000);
+    w.vm(&dir).args(["exec", "--", "true"]).assert().success();
+    let socket = dir.join(".vibebox/supervisor.sock");
+    let out = std::os::unix::net::UnixStream::connect(&socket).and_then(|mut s| {
+        use std::io::{BufRead, Write};
+        s.write_all(b"{\"op\":\"status\"}\n")?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line)?;
+        Ok(line)
+    });
+    let status: serde_json::Value = serde_json::from_str(&out.unwrap()).unwrap();
+    let pid = status["pid"].as_u64().unwrap() as i32;
+    let id = common::session_id(&dir).replace('-', "");
+    assert!(!processes_mentioning(&id).is_empty(), "helpers run");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || processes_mentioning(&id)
+            .is_empty()),
+        "left behind: {:?}",
+        processes_mentioning(&id)
+    );
+    let out = w
+        .vm(&dir)
+        .args(["exec", "--", "echo", "back"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "back\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.vm(&dir).arg("stop").assert().success();
+}
