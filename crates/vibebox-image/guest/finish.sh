@@ -15,6 +15,7 @@ chmod 440 "$ROOT/etc/sudoers.d/vibecoder"
 echo vibebox >"$ROOT/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 vibebox\n::1 localhost\n' >"$ROOT/etc/hosts"
 install -m 755 "$GUEST/vibebox-init" "$ROOT/sbin/vibebox-init"
+install -m 644 "$GUEST/profile.sh" "$ROOT/etc/profile.d/vibebox.sh"
 mkdir -p "$ROOT/etc/ssh/sshd_config.d"
 install -m 644 "$GUEST/sshd.conf" "$ROOT/etc/ssh/sshd_config.d/vibebox.conf"
 # Host keys are made at each instance's first boot, never shipped.

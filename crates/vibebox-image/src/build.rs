@@ -15,6 +15,7 @@ const VIBEBOX_INIT: &str = include_str!("../guest/vibebox-init");
 const INITRD_INIT: &str = include_str!("../guest/initrd-init");
 const SSHD_CONF: &str = include_str!("../guest/sshd.conf");
 const FINISH: &str = include_str!("../guest/finish.sh");
+const PROFILE: &str = include_str!("../guest/profile.sh");
 
 /// The packages of the guest, besides Debian's minimal base.
 pub const PACKAGES: &[&str] = &[
@@ -101,6 +102,7 @@ fn build_in(
         ("initrd-init", INITRD_INIT, 0o755),
         ("sshd.conf", SSHD_CONF, 0o644),
         ("finish.sh", FINISH, 0o755),
+        ("profile.sh", PROFILE, 0o644),
     ] {
         let p = guest.join(name);
         fs::write(&p, text).map_err(io_err("cannot write", &p))?;

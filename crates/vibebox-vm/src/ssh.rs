@@ -58,6 +58,9 @@ pub fn parse_host_key(line: &str) -> Option<(String, String)> {
     let mut parts = line.split_whitespace();
     let kind = parts.next()?;
     let blob = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
     let valid_kind = kind == "ssh-ed25519";
     let valid_blob = !blob.is_empty()
         && blob.len() < 200
@@ -117,7 +120,9 @@ mod tests {
         assert!(parse_host_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbc").is_some());
         assert!(parse_host_key("ssh-rsa AAAA").is_none());
         assert!(parse_host_key("ssh-ed25519").is_none());
-        assert!(parse_host_key("ssh-ed25519 AAA\nevil.example ssh-ed25519 BBB").is_none() || true);
+        // A guest cannot smuggle a second known_hosts line.
+        assert!(parse_host_key("ssh-ed25519 AAA\nevil.example ssh-ed25519 BBB").is_none());
+        assert!(parse_host_key("ssh-ed25519 AAA extra").is_none());
         assert!(parse_host_key("ssh-ed25519 AA;rm").is_none());
     }
 

@@ -80,70 +80,77 @@ pub fn ensure_running(
 ) -> anyhow::Result<Attached> {
     ensure_image(ctx, config)?;
     let socket = project.socket_path();
-    {
-        // One client at a time decides whether to start a supervisor.
-        let lock_path = project.state_dir().join("spawn.lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open {}", lock_path.display()))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .context("cannot lock the session")?;
-        if control::status(&socket).is_none() {
-            spawn_supervisor(ctx, project)?;
-            let start = Instant::now();
-            while control::status(&socket).is_none() {
-                if start.elapsed() > Duration::from_secs(60) {
-                    bail!(
-                        "the supervisor did not answer within 60 s; see {}",
-                        project.logs_dir().join("supervisor.log").display()
-                    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let log = project.logs_dir().join("supervisor.log");
+    let mut last_detail = None;
+    'start: loop {
+        if Instant::now() > deadline {
+            bail!(
+                "the session did not start within 180 s; see {}",
+                log.display()
+            );
+        }
+        match control::status(&socket) {
+            Some(s) if s.state == "stopping" => {
+                // The previous machine is shutting down; a new one starts after.
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            Some(_) => {}
+            None => {
+                // One client at a time decides whether to start a supervisor.
+                let lock_path = project.state_dir().join("spawn.lock");
+                let lock = fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .with_context(|| format!("cannot open {}", lock_path.display()))?;
+                rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+                    .context("cannot lock the session")?;
+                if control::status(&socket).is_none() {
+                    spawn_supervisor(ctx, project)?;
+                    while control::status(&socket).is_none() {
+                        if Instant::now() > deadline {
+                            bail!("the supervisor did not answer; see {}", log.display());
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                continue;
             }
         }
-    }
-    let mut attachment = Attachment::connect(&socket).context("cannot attach to the supervisor")?;
-    let mut last_detail = None;
-    loop {
-        let Some(status) = attachment.next_status() else {
-            return Err(hinted(
-                "the supervisor stopped before the machine was ready",
-                format!(
-                    "see {}",
-                    project.logs_dir().join("supervisor.log").display()
-                ),
-            ));
+        let Ok(mut attachment) = Attachment::connect(&socket) else {
+            continue;
         };
-        match status.state.as_str() {
-            "running" => {
-                return Ok(Attached {
-                    _reference: attachment,
-                    status,
-                    session,
-                })
-            }
-            "failed" => {
-                return Err(hinted(
-                    format!(
-                        "session {session} could not start: {}",
-                        status.detail.unwrap_or_default()
-                    ),
-                    format!("see {}", project.logs_dir().display()),
-                ))
-            }
-            "stopping" => {
-                return Err(hinted(
-                    format!("session {session} is shutting down"),
-                    "run the command again in a few seconds",
-                ))
-            }
-            _ => {
-                if status.detail.is_some() && status.detail != last_detail {
-                    eprintln!("vibebox: {}", status.detail.clone().unwrap_or_default());
-                    last_detail = status.detail;
+        loop {
+            let Some(status) = attachment.next_status() else {
+                // The supervisor went away (it was stopping): start again.
+                continue 'start;
+            };
+            match status.state.as_str() {
+                "running" => {
+                    return Ok(Attached {
+                        _reference: attachment,
+                        status,
+                        session,
+                    })
+                }
+                "failed" => {
+                    return Err(hinted(
+                        format!(
+                            "session {session} could not start: {}",
+                            status.detail.unwrap_or_default()
+                        ),
+                        format!("see the logs in {}", project.logs_dir().display()),
+                    ))
+                }
+                "stopping" => continue 'start,
+                _ => {
+                    if status.detail.is_some() && status.detail != last_detail {
+                        eprintln!("vibebox: {}", status.detail.clone().unwrap_or_default());
+                        last_detail = status.detail;
+                    }
                 }
             }
         }

@@ -129,8 +129,21 @@ fn serve(mut stream: UnixStream, state: State) {
     }
 }
 
+/// A child process that is killed and reaped when dropped (and, through
+/// PDEATHSIG, when the supervisor dies).
+struct Tied(Child);
+
+impl Drop for Tied {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// Spawns `cmd` so that it dies with the supervisor.
-fn spawn_tied(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+fn spawn_tied(cmd: &mut Command, log: &Path) -> anyhow::Result<Tied> {
     let out = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -146,6 +159,7 @@ fn spawn_tied(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
         });
     }
     cmd.spawn()
+        .map(Tied)
         .with_context(|| format!("cannot start {:?}", cmd.get_program()))
 }
 
@@ -198,11 +212,11 @@ pub fn run_dir(session: &uuid::Uuid) -> PathBuf {
         .join(session.simple().to_string())
 }
 
-fn wait_for(path: &Path, timeout: Duration, children: &mut [Child]) -> anyhow::Result<()> {
+fn wait_for(path: &Path, timeout: Duration, children: &mut [Tied]) -> anyhow::Result<()> {
     let start = Instant::now();
     while !path.exists() {
         for c in children.iter_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
+            if let Ok(Some(status)) = c.0.try_wait() {
                 bail!(
                     "a helper exited ({status}) before creating {}",
                     path.display()
@@ -244,8 +258,8 @@ fn b64(bytes: &[u8]) -> String {
 
 /// Everything the running machine is made of.
 struct Running {
-    qemu: Child,
-    helpers: Vec<Child>,
+    qemu: Tied,
+    helpers: Vec<Tied>,
     control: UnixStream,
     run_dir: PathBuf,
 }
@@ -257,7 +271,7 @@ impl Running {
         let start = Instant::now();
         let mut exited = false;
         while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.qemu.try_wait() {
+            if let Ok(Some(_)) = self.qemu.0.try_wait() {
                 exited = true;
                 break;
             }
@@ -265,13 +279,10 @@ impl Running {
         }
         if !exited {
             log("the guest did not power off within 20 s: killing QEMU");
-            let _ = self.qemu.kill();
-            let _ = self.qemu.wait();
         }
-        for h in &mut self.helpers {
-            let _ = h.kill();
-            let _ = h.wait();
-        }
+        // Dropping kills and reaps QEMU (if still there) and the helpers.
+        drop(self.helpers);
+        drop(self.qemu);
         let _ = fs::remove_dir_all(&self.run_dir);
     }
 }
@@ -440,7 +451,7 @@ fn boot(
     let start = Instant::now();
     let mut line = String::new();
     loop {
-        if let Ok(Some(status)) = running.qemu.try_wait() {
+        if let Ok(Some(status)) = running.qemu.0.try_wait() {
             bail!("QEMU exited during boot ({status}); see .vibebox/logs/console.log and qemu.log");
         }
         if start.elapsed() > BOOT_TIMEOUT {
@@ -487,8 +498,14 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
         .open(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
     if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        log("another supervisor runs this session; exiting");
-        return Ok(());
+        if crate::control::status(&project.socket_path()).is_some() {
+            log("another supervisor runs this session; exiting");
+            return Ok(());
+        }
+        // The previous supervisor is shutting its machine down: wait for it.
+        log("waiting for the previous supervisor to finish stopping");
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .context("cannot lock the session")?;
     }
     let config = crate::commands::load_config(&project)?;
     let session = project
@@ -551,7 +568,7 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
     let mut running = running;
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        if let Ok(Some(status)) = running.qemu.try_wait() {
+        if let Ok(Some(status)) = running.qemu.0.try_wait() {
             log(&format!("QEMU exited ({status})"));
             break;
         }
@@ -569,10 +586,10 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
             break;
         }
     }
+    // Clients that arrive now see "stopping" and wait for the socket to go.
     update(&state, |s| s.status.state = "stopping".into());
-    // Stop accepting: clients from now on start a new supervisor.
-    let _ = fs::remove_file(&socket);
     running.shutdown(&mut log);
+    let _ = fs::remove_file(&socket);
     log("stopped");
     drop(lock);
     Ok(())
