@@ -17,6 +17,24 @@ const SSHD_CONF: &str = include_str!("../guest/sshd.conf");
 const FINISH: &str = include_str!("../guest/finish.sh");
 const PROFILE: &str = include_str!("../guest/profile.sh");
 
+/// A fingerprint of the guest files this vibebox puts in its images (init,
+/// initrd init, sshd config, profile, build hook, package list). An image
+/// built by another version of these files is out of date.
+pub fn guest_version() -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [VIBEBOX_INIT, INITRD_INIT, SSHD_CONF, FINISH, PROFILE] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.update(PACKAGES.join(",").as_bytes());
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The packages of the guest, besides Debian's minimal base.
 pub const PACKAGES: &[&str] = &[
     "linux-image-cloud-amd64",
@@ -198,6 +216,7 @@ fn build_in(
     }
     let manifest = Manifest {
         name: opts.name.clone(),
+        guest_version: guest_version(),
         suite: opts.suite.clone(),
         kernel,
         built: jiff::Timestamp::now().to_string(),

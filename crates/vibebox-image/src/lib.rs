@@ -11,8 +11,8 @@
 pub mod build;
 pub mod manifest;
 
-pub use build::{build, BuildOptions};
-pub use manifest::{list, remove, verify, ImageInfo, Manifest};
+pub use build::{build, guest_version, BuildOptions};
+pub use manifest::{list, read_manifest, remove, verify, ImageInfo, Manifest};
 
 /// Errors of image operations.
 #[derive(Debug, thiserror::Error)]

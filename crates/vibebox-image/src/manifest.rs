@@ -18,6 +18,9 @@ pub const IMAGE_FILES: &[&str] = &["disk.img", "vmlinuz", "vmlinux", "initrd.img
 pub struct Manifest {
     /// The image name.
     pub name: String,
+    /// The [`crate::build::guest_version`] of the vibebox that built it.
+    #[serde(default)]
+    pub guest_version: String,
     /// Debian suite.
     pub suite: String,
     /// Kernel release (`uname -r` in the guest).
@@ -43,6 +46,8 @@ pub struct ImageInfo {
     pub manifest: Manifest,
     /// Total size of its files (bytes actually used on disk).
     pub disk_usage: u64,
+    /// Whether this vibebox built it (else it should be rebuilt).
+    pub up_to_date: bool,
 }
 
 /// sha256 of a file, as lower-case hex.
@@ -121,6 +126,7 @@ pub fn list(images_dir: &Path) -> Result<Vec<ImageInfo>, ImageError> {
         }
         if let Ok(manifest) = read_manifest(&e.path()) {
             out.push(ImageInfo {
+                up_to_date: manifest.guest_version == crate::build::guest_version(),
                 disk_usage: disk_usage(&e.path()),
                 path: e.path(),
                 name,
@@ -161,6 +167,7 @@ mod tests {
         }
         let m = Manifest {
             name: name.into(),
+            guest_version: String::new(),
             suite: "bookworm".into(),
             kernel: "6.1".into(),
             built: "2026-11-23T00:00:00Z".into(),

@@ -309,6 +309,26 @@ fn boot(
             );
         }
     }
+    let manifest = vibebox_image::read_manifest(&image)?;
+    if manifest.guest_version != vibebox_image::guest_version() {
+        bail!(
+            "the base image `{}` was built by another version of vibebox; rebuild it with `vibebox image build --name {}`",
+            config.image,
+            config.image
+        );
+    }
+    let base_sha = manifest.sha256.get("disk.img").cloned().unwrap_or_default();
+    let base_record = project.state_dir().join("disk.base");
+    if project.disk_path().exists() {
+        // The overlay only makes sense over the exact base it was made on.
+        let recorded = fs::read_to_string(&base_record).unwrap_or_default();
+        if recorded.trim() != base_sha {
+            bail!(
+                "the instance disk was made over another build of the base image `{}`; start afresh with `:new` or `vibebox delete` (files in the project directory are kept)",
+                config.image
+            );
+        }
+    }
     detail("preparing keys and the instance disk");
     let pubkey = ssh::ensure_keypair(&project.ssh_dir())?;
     if disk::ensure_overlay(
@@ -316,6 +336,8 @@ fn boot(
         &project.disk_path(),
         config.disk_gb,
     )? {
+        fs::write(&base_record, &base_sha)
+            .with_context(|| format!("cannot write {}", base_record.display()))?;
         log("created the instance disk");
     }
     let verdict = kvm_verdict(ctx);
@@ -434,6 +456,13 @@ fn boot(
             "rw"
         };
         msg.push_str(&format!("mount {tag} {mode} {}\n", b64(guest.as_bytes())));
+    }
+    match crate::commands::explain::build_for(ctx, project) {
+        Ok(x) => {
+            let text = crate::commands::explain::render(&x);
+            msg.push_str(&format!("explain {}\n", b64(text.as_bytes())));
+        }
+        Err(e) => log(&format!("cannot prepare :explain: {e:#}")),
     }
     msg.push_str("end\n");
     control.write_all(msg.as_bytes())?;

@@ -75,7 +75,7 @@ fn init_writes_config_and_state_dir_and_never_overwrites() {
 }
 
 #[test]
-fn connect_creates_the_session_and_says_no_runtime_is_available() {
+fn connect_creates_the_session_and_says_when_no_runtime_can_start_it() {
     let w = World::new();
     let dir = w.project("fresh");
     let sub = dir.join("src/deep");
@@ -83,7 +83,9 @@ fn connect_creates_the_session_and_says_no_runtime_is_available() {
     w.vibebox(&dir)
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("no runtime is available yet"))
+        .stderr(predicate::str::contains(
+            "qemu-system-x86_64 is not installed",
+        ))
         .stderr(predicate::str::contains("hint:"));
     assert!(dir.join("vibebox.toml").is_file());
     let id = session_id(&dir);
@@ -132,6 +134,7 @@ fn twenty_parallel_starts_make_one_session() {
                 .current_dir(&dir)
                 .env("HOME", w.home())
                 .env("VIBEBOX_HOME", w.vibebox_home())
+                .env("PATH", w.root().join("no-programs"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -141,7 +144,7 @@ fn twenty_parallel_starts_make_one_session() {
     for c in children {
         let out = c.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("no runtime is available yet"), "{err}");
+        assert!(err.contains("qemu-system-x86_64 is not installed"), "{err}");
     }
     let sessions = w.sessions();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
@@ -183,6 +186,7 @@ fn killing_index_writers_never_leaves_a_broken_index() {
             .current_dir(dir)
             .env("HOME", w.home())
             .env("VIBEBOX_HOME", w.vibebox_home())
+            .env("PATH", w.root().join("no-programs"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -420,7 +424,9 @@ fn macos_vibebox_config_is_accepted_unchanged() {
     w.vibebox(&dir)
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("no runtime is available yet"));
+        .stderr(predicate::str::contains(
+            "qemu-system-x86_64 is not installed",
+        ));
     assert_eq!(
         fs::read_to_string(dir.join("vibebox.toml")).unwrap(),
         MACOS_CONFIG

@@ -256,3 +256,71 @@ fn killed_supervisor_leaves_nothing_behind() {
     );
     w.vm(&dir).arg("stop").assert().success();
 }
+
+/// `vibebox` opens a login shell in the project directory (a real PTY when the
+/// host has a terminal), with the `:` commands; `:new` from inside the box
+/// deletes nothing without a confirmation at the host terminal.
+#[test]
+fn shell_and_box_commands() {
+    let _serial = lock();
+    if !vm::available() {
+        return;
+    }
+    let w = World::with_image();
+    let dir = w.project("shelly");
+    write_config(&dir, "", 1000);
+    // Without a host terminal the shell reads its commands from stdin.
+    let out = w
+        .vm(&dir)
+        .write_stdin("pwd\n:help\n:explain\necho inside-$((40+2))\nexit 3\n")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("/home/vibecoder/shelly"), "{text}");
+    assert!(text.contains(":new"), "help lists the commands: {text}");
+    assert!(text.contains("Mounts (host -> guest)"), "explain: {text}");
+    assert!(text.contains("inside-42"), "{text}");
+    // A PTY when the host has one: `script` gives vibebox a terminal.
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "{} exec -- true; {}",
+                assert_cmd::cargo::cargo_bin("vibebox").display(),
+                assert_cmd::cargo::cargo_bin("vibebox").display()
+            ),
+            "/dev/null",
+        ])
+        .current_dir(&dir)
+        .env("HOME", w.home())
+        .env("VIBEBOX_HOME", w.vibebox_home())
+        .env("PATH", vm::test_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            let mut stdin = c.stdin.take().unwrap();
+            std::thread::sleep(Duration::from_secs(8));
+            stdin.write_all(b"tty; echo TERM=$TERM; exit\n")?;
+            drop(stdin);
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("/dev/pts/"), "a PTY in the box: {text}");
+    // `:new` without a host terminal: refused, nothing deleted.
+    let id = common::session_id(&dir);
+    let out = w.vm(&dir).write_stdin(":new\n").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was deleted"));
+    assert_eq!(common::session_id(&dir), id);
+    w.vm(&dir).arg("stop").assert().success();
+}

@@ -11,6 +11,7 @@ use crate::attach;
 use crate::context::Context;
 use crate::control;
 use crate::error::hinted;
+use crate::terminal;
 
 /// Finds the project, writes the default config when missing, validates the
 /// config and connects the session (creating it when needed).
@@ -61,11 +62,47 @@ fn prepare(ctx: &Context) -> anyhow::Result<(Project, Config, SessionEntry)> {
     Ok((project, config, entry))
 }
 
+/// The exit code with which `:new` in the box asks the host for a fresh session.
+const NEW_SESSION_CODE: i32 = 197;
+
 /// Runs `vibebox` with no command: an interactive shell in the box.
+///
+/// `:new` in the box ends the shell with [`NEW_SESSION_CODE`]; that is only a
+/// request: the person at the HOST terminal confirms it or nothing happens.
 pub fn run(ctx: &Context) -> anyhow::Result<i32> {
-    let (project, config, entry) = prepare(ctx)?;
-    let attached = attach::ensure_running(ctx, &project, &config, entry.id)?;
-    attach::run_ssh(&project, &attached, None)
+    loop {
+        let (project, config, entry) = prepare(ctx)?;
+        let attached = attach::ensure_running(ctx, &project, &config, entry.id)?;
+        let code = attach::run_ssh(&project, &attached, None)?;
+        drop(attached);
+        if code != NEW_SESSION_CODE {
+            return Ok(code);
+        }
+        if !terminal::can_ask() {
+            eprintln!(
+                "vibebox: `:new` needs a confirmation at the host terminal; nothing was deleted"
+            );
+            return Ok(1);
+        }
+        let question = format!(
+            "Delete session {} of {} (its disk, keys and logs in .vibebox/; project files stay) and start a fresh one?",
+            entry.id,
+            project.dir().display()
+        );
+        if !terminal::confirm(&question)? {
+            eprintln!("vibebox: nothing was deleted");
+            return Ok(0);
+        }
+        if control::status(&project.socket_path()).is_some() {
+            eprintln!("vibebox: stopping session {}", entry.id);
+            control::stop(&project.socket_path())?;
+        }
+        super::delete::remove_session(ctx, &entry)?;
+        eprintln!(
+            "vibebox: deleted session {}; starting a fresh one",
+            entry.id
+        );
+    }
 }
 
 /// Runs `vibebox exec -- CMD ARGS…`.

@@ -1,7 +1,7 @@
 //! `vibebox delete <id>`: remove a session's `.vibebox/` and its index entry.
 
 use anyhow::Context as _;
-use vibebox_core::index::IndexError;
+use vibebox_core::index::{IndexError, SessionEntry};
 use vibebox_core::project::Project;
 use vibebox_core::session::match_prefix;
 
@@ -72,6 +72,19 @@ pub fn run(ctx: &Context, prefix: &str, yes: bool, force: bool) -> anyhow::Resul
             return Ok(());
         }
     }
+    remove_session(ctx, &entry)?;
+    println!(
+        "deleted session {} ({})",
+        entry.id,
+        entry.directory.display()
+    );
+    Ok(())
+}
+
+/// Removes a stopped session: its `.vibebox/` (when it still holds this
+/// session) and its index entry, under the index lock.
+pub fn remove_session(ctx: &Context, entry: &SessionEntry) -> anyhow::Result<()> {
+    let project = Project::at(&entry.directory);
     ctx.index.update(|entries| {
         // The directory may have been given to another session since: only
         // remove .vibebox/ when it still holds this session.
@@ -82,11 +95,5 @@ pub fn run(ctx: &Context, prefix: &str, yes: bool, force: bool) -> anyhow::Resul
         }
         entries.retain(|e| e.id != entry.id);
         Ok::<_, anyhow::Error>(())
-    })?;
-    println!(
-        "deleted session {} ({})",
-        entry.id,
-        entry.directory.display()
-    );
-    Ok(())
+    })
 }

@@ -10,8 +10,12 @@ use crate::context::Context;
 
 /// Builds the explanation of the project around the current directory.
 pub fn build(ctx: &Context) -> anyhow::Result<Explanation> {
-    let project = Project::find(&ctx.cwd);
-    let config = super::load_config(&project)?;
+    build_for(ctx, &Project::find(&ctx.cwd))
+}
+
+/// Builds the explanation of `project`.
+pub fn build_for(ctx: &Context, project: &Project) -> anyhow::Result<Explanation> {
+    let config = super::load_config(project)?;
     let image_dir = images_dir(&ctx.home).join(&config.image);
     let image = ImageView {
         name: config.image.clone(),

@@ -55,7 +55,9 @@ impl World {
         c.current_dir(dir)
             .env("HOME", self.home())
             .env("VIBEBOX_HOME", self.vibebox_home())
-            .env_remove("VIBEBOX_CONFIG_PATH");
+            // No QEMU on this PATH: the foundation tests never boot a machine
+            // (VM tests set their own PATH).
+            .env("PATH", self.root().join("no-programs"));
         c
     }
 

@@ -85,7 +85,21 @@ pub fn shared_images() -> PathBuf {
     fs::create_dir_all(&images).expect("cache dir");
     let lock = fs::File::create(home.join("build.lock")).expect("lock file");
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("lock");
-    if !images.join("debian-bookworm/manifest.toml").is_file() {
+    let listed = Command::new(assert_cmd::cargo::cargo_bin("vibebox"))
+        .args(["image", "list", "--json"])
+        .env("VIBEBOX_HOME", &home)
+        .output()
+        .expect("vibebox image list runs");
+    let up_to_date = serde_json::from_slice::<serde_json::Value>(&listed.stdout)
+        .ok()
+        .and_then(|v| {
+            v.as_array()?
+                .iter()
+                .find(|i| i["name"] == "debian-bookworm")
+                .map(|i| i["up_to_date"] == true)
+        })
+        .unwrap_or(false);
+    if !up_to_date {
         eprintln!("building the shared test image (once, about 2 minutes)");
         let status = Command::new(assert_cmd::cargo::cargo_bin("vibebox"))
             .args(["image", "build"])
