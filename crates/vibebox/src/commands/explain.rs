@@ -32,7 +32,7 @@ pub fn build_for(ctx: &Context, project: &Project) -> anyhow::Result<Explanation
         );
     }
     Ok(Explanation::new(
-        &project,
+        project,
         &config,
         &ctx.host_home,
         runtime,
