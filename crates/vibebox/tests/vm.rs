@@ -47,7 +47,7 @@ fn session_lifecycle_in_a_real_vm() {
     }
     let w = World::with_image();
     let dir = w.project("app");
-    write_config(&dir, "", 3000);
+    write_config(&dir, "", 8000);
     fs::write(dir.join("from-host.txt"), "hello from the host\n").unwrap();
 
     // A command runs in the project directory as the guest user; exit codes pass through.
@@ -85,8 +85,26 @@ fn session_lifecycle_in_a_real_vm() {
         .assert()
         .code(7);
 
-    // A second and third client attach to the same machine: the refcount shows them.
-    let mut clients: Vec<std::process::Child> = (0..2)
+    // `vibebox ssh-config` gives a Host block a plain ssh client can use.
+    let block = w.vm(&dir).arg("ssh-config").output().unwrap();
+    assert!(block.status.success());
+    let config_file = w.root().join("ssh_config");
+    fs::write(&config_file, &block.stdout).unwrap();
+    let out = Command::new("ssh")
+        .args(["-F"])
+        .arg(&config_file)
+        .args(["-o", "BatchMode=yes", "vibebox-app", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "vibebox\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Five clients attach to the same machine: the refcount shows them.
+    let mut clients: Vec<std::process::Child> = (0..5)
         .map(|_| {
             Command::new(assert_cmd::cargo::cargo_bin("vibebox"))
                 .args(["exec", "--", "sleep", "300"])
@@ -102,21 +120,25 @@ fn session_lifecycle_in_a_real_vm() {
         .collect();
     assert!(
         eventually(Duration::from_secs(60), || session_state(&w, &dir)
-            == ("running".into(), 2)),
-        "two clients attached: {:?}",
+            == ("running".into(), 5)),
+        "five clients attached: {:?}",
         session_state(&w, &dir)
     );
-    // A client killed with SIGKILL releases its reference.
-    clients[0].kill().unwrap();
-    clients[0].wait().unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), || session_state(&w, &dir)
-            == ("running".into(), 1)),
-        "{:?}",
-        session_state(&w, &dir)
-    );
-    clients[1].kill().unwrap();
-    clients[1].wait().unwrap();
+    // Clients leave one by one (killed with SIGKILL: each releases its
+    // reference); the machine keeps running while any is left.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let left = 4 - i as u64;
+        if left > 0 {
+            assert!(
+                eventually(Duration::from_secs(30), || session_state(&w, &dir)
+                    == ("running".into(), left)),
+                "{left} left: {:?}",
+                session_state(&w, &dir)
+            );
+        }
+    }
     // After the last client, the machine stops once the grace period is over.
     assert!(
         eventually(Duration::from_secs(90), || session_state(&w, &dir).0
