@@ -256,6 +256,13 @@ fn b64(bytes: &[u8]) -> String {
     out
 }
 
+/// The last lines of the guest console, for error messages.
+fn console_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(12)..].join("\n")
+}
+
 /// Everything the running machine is made of.
 struct Running {
     qemu: Tied,
@@ -481,7 +488,10 @@ fn boot(
     let mut line = String::new();
     loop {
         if let Ok(Some(status)) = running.qemu.0.try_wait() {
-            bail!("QEMU exited during boot ({status}); see .vibebox/logs/console.log and qemu.log");
+            bail!(
+                "QEMU exited during boot ({status}); the guest console ended with:\n{}",
+                console_tail(&project.logs_dir().join("console.log"))
+            );
         }
         if start.elapsed() > BOOT_TIMEOUT {
             running.shutdown(log);

@@ -330,7 +330,12 @@ fn shell_and_box_commands() {
         .and_then(|mut c| {
             use std::io::Write;
             let mut stdin = c.stdin.take().unwrap();
-            std::thread::sleep(Duration::from_secs(8));
+            // Type once the interactive client has attached (after `exec` ran).
+            eventually(Duration::from_secs(120), || {
+                std::thread::sleep(Duration::from_millis(300));
+                session_state(&w, &dir) == ("running".into(), 1)
+            });
+            std::thread::sleep(Duration::from_secs(2));
             stdin.write_all(b"tty; echo TERM=$TERM; exit\n")?;
             drop(stdin);
             c.wait_with_output()
