@@ -335,6 +335,160 @@ impl From<&crate::config::NetworkConfig> for NetworkConfigView {
     }
 }
 
+/// What the policy says about one name or address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The connection or lookup may go ahead.
+    Allow,
+    /// It is refused.
+    Deny,
+}
+
+/// Normalises a name from a DNS query or a TLS/HTTP header for matching:
+/// lower case, without one trailing dot. `None` for names that can never
+/// match (empty, non-ASCII, malformed).
+pub fn normalize_name(name: &str) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    let lower = lower.strip_suffix('.').unwrap_or(&lower);
+    check_name(lower, lower).ok()?;
+    Some(lower.to_string())
+}
+
+impl NetworkEntry {
+    /// Whether this entry names `name` (normalised) on `port` (`None`: any port,
+    /// as for a DNS lookup).
+    ///
+    /// `github.com` matches exactly `github.com`; `*.github.com` matches every
+    /// name below it (`api.github.com`, `a.b.github.com`) but not `github.com`
+    /// itself. A port in the entry restricts connections, not lookups.
+    pub fn matches_name(&self, name: &str, port: Option<u16>) -> bool {
+        let NetworkEntry::Domain {
+            name: entry,
+            wildcard,
+            port: entry_port,
+        } = self
+        else {
+            return false;
+        };
+        let name_ok = if *wildcard {
+            name.len() > entry.len() + 1
+                && name.ends_with(entry.as_str())
+                && name.as_bytes()[name.len() - entry.len() - 1] == b'.'
+        } else {
+            name == entry
+        };
+        let port_ok = match (entry_port, port) {
+            (Some(e), Some(p)) => *e == p,
+            _ => true,
+        };
+        name_ok && port_ok
+    }
+
+    /// Whether this entry names address `ip` on `port`.
+    pub fn matches_ip(&self, ip: IpAddr, port: u16) -> bool {
+        match self {
+            NetworkEntry::Ip { addr, port: p } => *addr == ip && p.is_none_or(|p| p == port),
+            NetworkEntry::Cidr { addr, prefix } => {
+                addr.is_ipv4() == ip.is_ipv4() && mask(ip, *prefix) == *addr
+            }
+            NetworkEntry::Domain { .. } => false,
+        }
+    }
+}
+
+/// Whether `ip` is loopback, private, link-local or otherwise not a public
+/// internet address (where DNS rebinding would lead).
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.octets()[0] == 0
+                || (a.octets()[0] == 100 && (a.octets()[1] & 0xc0) == 64) // 100.64/10 CGNAT
+                || (a.octets()[0] == 198 && (a.octets()[1] & 0xfe) == 18) // 198.18/15
+        }
+        IpAddr::V6(a) => {
+            a.is_loopback()
+                || a.is_unspecified()
+                || (a.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (a.segments()[0] & 0xffc0) == 0xfe80 // link local
+                || a.to_ipv4_mapped().is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// A `[network]` policy ready to answer questions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Allowlist or blocklist.
+    pub mode: NetworkMode,
+    /// The entries.
+    pub entries: Vec<NetworkEntry>,
+}
+
+impl Policy {
+    /// Builds the policy of a `[network]` section.
+    pub fn new(mode: NetworkMode, entries: Vec<NetworkEntry>) -> Policy {
+        Policy { mode, entries }
+    }
+
+    fn by_mode(&self, listed: bool) -> Verdict {
+        match (self.mode, listed) {
+            (NetworkMode::Allowlist, true) | (NetworkMode::Blocklist, false) => Verdict::Allow,
+            _ => Verdict::Deny,
+        }
+    }
+
+    /// May the guest look up / connect to `name` (on `port`; `None` for a lookup)?
+    ///
+    /// Malformed and non-ASCII names are always denied.
+    pub fn decide_name(&self, name: &str, port: Option<u16>) -> Verdict {
+        let Some(name) = normalize_name(name) else {
+            return Verdict::Deny;
+        };
+        let listed = match (self.mode, port) {
+            // A blocklist entry with a port blocks connections to that port only:
+            // the name itself still resolves.
+            (NetworkMode::Blocklist, None) => self.entries.iter().any(|e| {
+                e.matches_name(&name, None) && matches!(e, NetworkEntry::Domain { port: None, .. })
+            }),
+            _ => self.entries.iter().any(|e| e.matches_name(&name, port)),
+        };
+        self.by_mode(listed)
+    }
+
+    /// May the guest connect to the raw address `ip`:`port` (one it did not get
+    /// from an allowed name)? Internal addresses (loopback, private, link-local)
+    /// need an explicit IP/CIDR entry even in blocklist mode.
+    pub fn decide_ip(&self, ip: IpAddr, port: u16) -> Verdict {
+        let listed = self.entries.iter().any(|e| e.matches_ip(ip, port));
+        if is_internal(ip) {
+            return if listed && self.mode == NetworkMode::Allowlist {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+        }
+        self.by_mode(listed)
+    }
+
+    /// May a name that the policy allows resolve to `ip` upstream? Answers in
+    /// internal ranges are refused (DNS rebinding) unless an IP/CIDR entry
+    /// allows them.
+    pub fn accept_upstream_answer(&self, ip: IpAddr) -> bool {
+        !is_internal(ip)
+            || self.entries.iter().any(|e| match e {
+                NetworkEntry::Ip { addr, .. } => *addr == ip,
+                NetworkEntry::Cidr { .. } => e.matches_ip(ip, 0),
+                NetworkEntry::Domain { .. } => false,
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,7 +574,134 @@ mod tests {
         assert!(e.to_string().contains("did you mean 10.0.0.0/8?"), "{e}");
     }
 
+    fn policy(mode: NetworkMode, entries: &[&str]) -> Policy {
+        Policy::new(mode, entries.iter().map(|e| ok(e)).collect())
+    }
+
+    #[test]
+    fn bare_names_match_exactly_and_wildcards_match_below() {
+        let p = policy(NetworkMode::Allowlist, &["github.com", "*.npmjs.org"]);
+        assert_eq!(p.decide_name("github.com", None), Verdict::Allow);
+        assert_eq!(p.decide_name("GitHub.COM.", Some(443)), Verdict::Allow);
+        assert_eq!(p.decide_name("api.github.com", None), Verdict::Deny);
+        assert_eq!(p.decide_name("evilgithub.com", None), Verdict::Deny);
+        assert_eq!(p.decide_name("github.com.evil.net", None), Verdict::Deny);
+        assert_eq!(p.decide_name("registry.npmjs.org", None), Verdict::Allow);
+        assert_eq!(p.decide_name("a.b.npmjs.org", None), Verdict::Allow);
+        assert_eq!(p.decide_name("npmjs.org", None), Verdict::Deny);
+        assert_eq!(p.decide_name("xnpmjs.org", None), Verdict::Deny);
+        assert_eq!(p.decide_name("", None), Verdict::Deny);
+        assert_eq!(p.decide_name("bücher.npmjs.org", None), Verdict::Deny);
+        assert_eq!(p.decide_name("github.com..", None), Verdict::Deny);
+    }
+
+    #[test]
+    fn punycode_names_match_their_entries() {
+        let p = policy(NetworkMode::Allowlist, &["xn--bcher-kva.example"]);
+        assert_eq!(p.decide_name("XN--BCHER-KVA.example", None), Verdict::Allow);
+        assert_eq!(p.decide_name("bucher.example", None), Verdict::Deny);
+    }
+
+    #[test]
+    fn ports_restrict_connections_not_lookups() {
+        let p = policy(NetworkMode::Allowlist, &["example.com:443"]);
+        assert_eq!(p.decide_name("example.com", None), Verdict::Allow);
+        assert_eq!(p.decide_name("example.com", Some(443)), Verdict::Allow);
+        assert_eq!(p.decide_name("example.com", Some(80)), Verdict::Deny);
+        let b = policy(NetworkMode::Blocklist, &["example.com:25", "evil.com"]);
+        assert_eq!(b.decide_name("example.com", None), Verdict::Allow);
+        assert_eq!(b.decide_name("example.com", Some(25)), Verdict::Deny);
+        assert_eq!(b.decide_name("example.com", Some(443)), Verdict::Allow);
+        assert_eq!(b.decide_name("evil.com", None), Verdict::Deny);
+        assert_eq!(b.decide_name("other.org", Some(80)), Verdict::Allow);
+    }
+
+    #[test]
+    fn raw_addresses_follow_ip_entries_and_internal_ranges_need_one() {
+        let a = policy(
+            NetworkMode::Allowlist,
+            &["203.0.113.0/24", "198.51.100.7:443", "10.1.0.0/16"],
+        );
+        assert_eq!(
+            a.decide_ip("203.0.113.9".parse().unwrap(), 80),
+            Verdict::Allow
+        );
+        assert_eq!(
+            a.decide_ip("198.51.100.7".parse().unwrap(), 443),
+            Verdict::Allow
+        );
+        assert_eq!(
+            a.decide_ip("198.51.100.7".parse().unwrap(), 22),
+            Verdict::Deny
+        );
+        assert_eq!(a.decide_ip("192.0.2.1".parse().unwrap(), 80), Verdict::Deny);
+        assert_eq!(a.decide_ip("10.1.2.3".parse().unwrap(), 80), Verdict::Allow);
+        let b = policy(NetworkMode::Blocklist, &["203.0.113.0/24"]);
+        assert_eq!(
+            b.decide_ip("203.0.113.9".parse().unwrap(), 80),
+            Verdict::Deny
+        );
+        assert_eq!(
+            b.decide_ip("192.0.2.1".parse().unwrap(), 80),
+            Verdict::Allow
+        );
+        for internal in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert_eq!(
+                b.decide_ip(internal.parse().unwrap(), 80),
+                Verdict::Deny,
+                "{internal}"
+            );
+        }
+    }
+
+    #[test]
+    fn rebinding_answers_are_refused_unless_listed() {
+        let p = policy(NetworkMode::Allowlist, &["github.com", "10.9.0.0/16"]);
+        assert!(p.accept_upstream_answer("140.82.112.3".parse().unwrap()));
+        assert!(!p.accept_upstream_answer("127.0.0.1".parse().unwrap()));
+        assert!(!p.accept_upstream_answer("192.168.0.10".parse().unwrap()));
+        assert!(p.accept_upstream_answer("10.9.3.4".parse().unwrap()));
+    }
+
     proptest! {
+        #[test]
+        fn wildcards_never_match_outside_their_domain(
+            sub in "[a-z0-9]{1,10}",
+            base in "[a-z]{1,8}\\.[a-z]{2,5}",
+            other in "[a-z]{1,8}\\.[a-z]{2,5}",
+        ) {
+            let p = policy(NetworkMode::Allowlist, &[&format!("*.{base}")]);
+            prop_assert_eq!(p.decide_name(&format!("{sub}.{base}"), None), Verdict::Allow);
+            prop_assert_eq!(p.decide_name(&format!("{sub}.{base}").to_uppercase(), None), Verdict::Allow);
+            prop_assert_eq!(p.decide_name(&format!("{sub}.{base}."), None), Verdict::Allow);
+            prop_assert_eq!(p.decide_name(&base, None), Verdict::Deny);
+            prop_assert_eq!(p.decide_name(&format!("{sub}{base}"), None), Verdict::Deny);
+            if other != base && !other.ends_with(&format!(".{base}")) {
+                prop_assert_eq!(p.decide_name(&other, None), Verdict::Deny);
+                prop_assert_eq!(p.decide_name(&format!("{base}.{other}"), None), Verdict::Deny);
+            }
+        }
+
+        #[test]
+        fn allowlist_and_blocklist_are_opposites_for_names(
+            name in "[a-z]{1,6}\\.(com|org|net)",
+            entries in proptest::collection::vec("(\\*\\.)?[a-z]{1,6}\\.(com|org|net)", 0..5),
+        ) {
+            let e: Vec<&str> = entries.iter().map(String::as_str).collect();
+            let a = policy(NetworkMode::Allowlist, &e).decide_name(&name, None);
+            let b = policy(NetworkMode::Blocklist, &e).decide_name(&name, None);
+            prop_assert_ne!(a, b);
+        }
+
         #[test]
         fn parse_never_panics(s in "\\PC{0,40}") {
             let _ = NetworkEntry::parse(&s);

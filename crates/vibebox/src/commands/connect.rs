@@ -18,13 +18,15 @@ use crate::terminal;
 fn prepare(ctx: &Context) -> anyhow::Result<(Project, Config, SessionEntry)> {
     let project = Project::find(&ctx.cwd);
     if !project.has_config() {
+        // The default mounts' directories exist before the config that names
+        // them appears, so a concurrent vibebox never sees one without the other.
+        super::create_default_mount_dirs(ctx, &project)?;
         match project.write_default_config() {
             Ok(()) => {
                 eprintln!(
                     "vibebox: created {} with the defaults",
                     project.config_path().display()
                 );
-                super::create_default_mount_dirs(ctx, &project)?;
             }
             // Another vibebox created it at the same moment: use theirs.
             Err(ProjectError::ConfigExists { .. }) => {}

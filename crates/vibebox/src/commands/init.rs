@@ -10,6 +10,11 @@ use crate::error::hinted;
 /// Runs `vibebox init`.
 pub fn run(ctx: &Context) -> anyhow::Result<()> {
     let project = Project::at(&ctx.cwd);
+    if !project.has_config() {
+        // Before the config that names them, so that a concurrent `vibebox`
+        // never sees the config without its mount directories.
+        super::create_default_mount_dirs(ctx, &project)?;
+    }
     match project.write_default_config() {
         Ok(()) => {}
         Err(ProjectError::ConfigExists { path }) => {
@@ -20,7 +25,6 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     }
-    super::create_default_mount_dirs(ctx, &project)?;
     let (entry, _) = session::connect(&ctx.index, &project, Timestamp::now())?;
     println!("created {}", project.config_path().display());
     println!(
