@@ -89,7 +89,12 @@ impl Machine {
             Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
             Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
         }
-        let mem = format!("memory-backend-memfd,id=mem,size={}M,share=on", self.ram_mb);
+        // Shared memory (vhost-user needs it). With the default canonical
+        // RAM block id, microvm intermittently reset in the firmware here.
+        let mem = format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on,x-use-canonical-path-for-ramblock-id=off",
+            self.ram_mb
+        );
         push(&[
             "-nodefaults",
             "-no-user-config",

@@ -362,6 +362,60 @@ fn boot(
     let empty = run_dir.join("empty");
     fs::create_dir_all(&empty)?;
 
+    let mut attempt = 1;
+    loop {
+        match start_machine(ctx, project, config, accel, &pubkey, &run_dir, state, log) {
+            Ok(running) => return Ok(running),
+            Err(e) if e.downcast_ref::<EarlyExit>().is_some() && attempt < 3 => {
+                // QEMU occasionally resets in the firmware with a shared-memory
+                // backend (see FIELD-NOTES); a fresh start gets past it.
+                log(&format!("attempt {attempt}: {e:#}; starting again"));
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// QEMU exited before the guest was ready, within its first seconds.
+#[derive(Debug)]
+struct EarlyExit(String);
+
+impl std::fmt::Display for EarlyExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EarlyExit {}
+
+/// Starts virtiofsd for each mount and QEMU, hands the guest its
+/// configuration and waits until it reports ready.
+#[allow(clippy::too_many_arguments)]
+fn start_machine(
+    ctx: &Context,
+    project: &Project,
+    config: &Config,
+    accel: Accel,
+    pubkey: &str,
+    run_dir: &Path,
+    state: &State,
+    log: &mut dyn FnMut(&str),
+) -> anyhow::Result<Running> {
+    let detail = |s: &str| {
+        let s = s.to_string();
+        update(state, |st| st.status.detail = Some(s));
+    };
+    let image = images_dir(&ctx.home).join(&config.image);
+    let empty = run_dir.join("empty");
+    // Sockets of an earlier attempt must not be mistaken for new ones.
+    if let Ok(rd) = fs::read_dir(run_dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".sock") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
     detail("starting virtiofsd for the mounts");
     let cache = ctx.host_home.join(".cache/vibebox");
     let virtiofsd = virtiofs::find_virtiofsd(&cache).ok_or_else(|| {
@@ -441,7 +495,9 @@ fn boot(
     let _ = fs::remove_file(&machine.console_log);
     let mut qemu_cmd = Command::new("qemu-system-x86_64");
     qemu_cmd.args(machine.args());
+    log(&format!("qemu-system-x86_64 {}", machine.args().join(" ")));
     let qemu = spawn_tied(&mut qemu_cmd, &project.logs_dir().join("qemu.log"))?;
+    let qemu_started = Instant::now();
     let mut all = vec![qemu];
     wait_for(&machine.control_socket, Duration::from_secs(20), &mut all)
         .context("QEMU did not start (see .vibebox/logs/qemu.log)")?;
@@ -477,7 +533,7 @@ fn boot(
         qemu,
         helpers,
         control,
-        run_dir,
+        run_dir: run_dir.to_path_buf(),
     };
     // Wait for "ready <host key>".
     running
@@ -488,10 +544,15 @@ fn boot(
     let mut line = String::new();
     loop {
         if let Ok(Some(status)) = running.qemu.0.try_wait() {
-            bail!(
-                "QEMU exited during boot ({status}); the guest console ended with:\n{}",
-                console_tail(&project.logs_dir().join("console.log"))
+            let msg = format!(
+                "QEMU exited during boot ({status}); the guest console ended with:\n{}\nQEMU said:\n{}",
+                console_tail(&project.logs_dir().join("console.log")),
+                console_tail(&project.logs_dir().join("qemu.log"))
             );
+            if status.success() && qemu_started.elapsed() < Duration::from_secs(5) {
+                return Err(EarlyExit(msg).into());
+            }
+            bail!(msg);
         }
         if start.elapsed() > BOOT_TIMEOUT {
             running.shutdown(log);
