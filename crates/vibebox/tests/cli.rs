@@ -575,3 +575,36 @@ fn corrupt_index_is_reported_and_left_alone() {
         .code(1)
         .stderr(predicate::str::contains("sessions.toml:1:"));
 }
+
+#[test]
+fn image_list_and_rm_without_images() {
+    let w = World::new();
+    let dir = w.project("p");
+    w.vibebox(&dir)
+        .args(["image", "list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("no images yet"));
+    w.vibebox(&dir)
+        .args(["image", "list", "--json"])
+        .assert()
+        .success()
+        .stdout("[]\n");
+    // A half-built image is never listed.
+    fs::create_dir_all(w.vibebox_home().join("images/.build-debian-bookworm-1")).unwrap();
+    w.vibebox(&dir)
+        .args(["image", "list", "--json"])
+        .assert()
+        .success()
+        .stdout("[]\n");
+    w.vibebox(&dir)
+        .args(["image", "rm", "debian-bookworm"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("does not exist"));
+    w.vibebox(&dir)
+        .args(["image", "build", "--name", "../escape"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not a valid image name"));
+}

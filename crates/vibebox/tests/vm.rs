@@ -84,6 +84,32 @@ fn session_lifecycle_in_a_real_vm() {
         .args(["exec", "--", "sh", "-c", "exit 7"])
         .assert()
         .code(7);
+    // cpu_count and ram_mb apply.
+    let out = w
+        .vm(&dir)
+        .args([
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "nproc; awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo",
+        ])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let mut it = text.lines();
+    assert_eq!(it.next(), Some("2"), "{text}");
+    let mem: u64 = it.next().unwrap_or("0").parse().unwrap_or(0);
+    assert!(
+        (800..=1024).contains(&mem),
+        "guest memory {mem} MiB for ram_mb = 1024"
+    );
+    // The key pair is private to the user; the host key is pinned, never blindly trusted.
+    let key = dir.join(".vibebox/ssh/id_ed25519");
+    assert_eq!(fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
+    let known = fs::read_to_string(dir.join(".vibebox/ssh/known_hosts")).unwrap();
+    assert!(known.starts_with("vibebox-guest ssh-ed25519 "), "{known}");
+    assert_eq!(known.lines().count(), 1);
 
     // `vibebox ssh-config` gives a Host block a plain ssh client can use.
     let block = w.vm(&dir).arg("ssh-config").output().unwrap();
