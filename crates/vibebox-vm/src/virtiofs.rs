@@ -42,12 +42,15 @@ pub fn find_virtiofsd(cache_dir: &Path) -> Option<PathBuf> {
 /// directory in that private namespace, then execs virtiofsd, which confines
 /// itself to the shared directory (`--sandbox namespace`).
 pub fn command(virtiofsd: &Path, spec: &ShareSpec, empty_dir: &Path) -> Command {
-    let uid = rustix::process::getuid().as_raw();
-    let gid = rustix::process::getgid().as_raw();
     let mut c = Command::new("unshare");
-    if uid != 0 {
+    if !rustix::process::getuid().is_root() {
+        // An unprivileged user becomes root of a new user namespace, which
+        // maps back to that user on the host.
         c.arg("--user").arg("--map-root-user");
     }
+    // Seen from virtiofsd, the host user is uid/gid 0 either way (real root,
+    // or root of its user namespace): the guest user maps to it.
+    let (uid, gid) = (0, 0);
     c.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
     // $1 = empty dir, $2 = number of hidden dirs, then the dirs, then virtiofsd's argv.
     c.arg(
