@@ -100,12 +100,7 @@ pub fn ensure_running(
             None => {
                 // One client at a time decides whether to start a supervisor.
                 let lock_path = project.state_dir().join("spawn.lock");
-                let lock = fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&lock_path)
-                    .with_context(|| format!("cannot open {}", lock_path.display()))?;
+                let lock = crate::supervisor::open_lock_file(&lock_path)?;
                 rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
                     .context("cannot lock the session")?;
                 if control::status(&socket).is_none() {

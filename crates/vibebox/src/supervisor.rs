@@ -49,6 +49,22 @@ fn update(state: &State, f: impl FnOnce(&mut Shared)) {
     cv.notify_all();
 }
 
+/// Tells attached clients what the supervisor is doing.
+fn set_detail(state: &State, detail: &str) {
+    let detail = detail.to_string();
+    update(state, |s| s.status.detail = Some(detail));
+}
+
+/// Opens (creating it if needed) a file used only for `flock`.
+pub fn open_lock_file(path: &Path) -> anyhow::Result<fs::File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
 fn snapshot(state: &State) -> (Status, u64) {
     let s = state.0.lock().unwrap_or_else(|e| e.into_inner());
     (s.status.clone(), s.generation)
@@ -302,10 +318,7 @@ fn boot(
     state: &State,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Running> {
-    let detail = |s: &str| {
-        let s = s.to_string();
-        update(state, |st| st.status.detail = Some(s));
-    };
+    let detail = |s: &str| set_detail(state, s);
     let image = images_dir(&ctx.home).join(&config.image);
     for f in ["disk.img", "vmlinux", "initrd.img", "manifest.toml"] {
         if !image.join(f).is_file() {
@@ -402,10 +415,7 @@ fn start_machine(
     state: &State,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Running> {
-    let detail = |s: &str| {
-        let s = s.to_string();
-        update(state, |st| st.status.detail = Some(s));
-    };
+    let detail = |s: &str| set_detail(state, s);
     let image = images_dir(&ctx.home).join(&config.image);
     let empty = run_dir.join("empty");
     // Sockets of an earlier attempt must not be mistaken for new ones.
@@ -591,12 +601,7 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
     let mut log = |m: &str| eprintln!("[{}] {m}", jiff::Timestamp::now());
     // One supervisor per session: the lock is held for the life of the process.
     let lock_path = project.state_dir().join("supervisor.lock");
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let lock = open_lock_file(&lock_path)?;
     if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         if crate::control::status(&project.socket_path()).is_some() {
             log("another supervisor runs this session; exiting");
