@@ -8,6 +8,9 @@ use vibebox_core::project::Project;
 
 use crate::context::Context;
 
+/// What the guest's network really does in this version.
+pub const NETWORK_STATUS: &str = "the box has no network egress yet (only its SSH port is reachable, from host loopback); this policy takes effect once the network engine lands";
+
 /// Builds the explanation of the project around the current directory.
 pub fn build(ctx: &Context) -> anyhow::Result<Explanation> {
     build_for(ctx, &Project::find(&ctx.cwd))
@@ -121,6 +124,7 @@ pub fn render(x: &Explanation) -> String {
     for e in &n.entries {
         line(format!("  {e}"));
     }
+    line(format!("  Now: {}", NETWORK_STATUS));
     line(String::new());
     line(format!("Storage (relative to {})", x.project.display()));
     let s = &x.storage;
@@ -160,7 +164,9 @@ pub fn render(x: &Explanation) -> String {
 pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
     let x = build(ctx)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&x)?);
+        let mut v = serde_json::to_value(&x)?;
+        v["network"]["status"] = serde_json::Value::from(NETWORK_STATUS);
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render(&x));
     }
