@@ -45,6 +45,9 @@ pub enum SessionError {
     /// The project's files could not be used.
     #[error(transparent)]
     Project(#[from] ProjectError),
+    /// The index stores directories as UTF-8 text.
+    #[error("the project directory {} is not valid UTF-8; vibebox needs a UTF-8 path", .0.display())]
+    NonUtf8Path(PathBuf),
 }
 
 /// Finds or creates the session of `project` and marks it active at `now`.
@@ -56,6 +59,9 @@ pub fn connect(
     project: &Project,
     now: Timestamp,
 ) -> Result<(SessionEntry, Found), SessionError> {
+    if project.dir().to_str().is_none() {
+        return Err(SessionError::NonUtf8Path(project.dir().to_path_buf()));
+    }
     index.update(|entries| {
         project.ensure_state_dir()?;
         let dir = project.dir().to_path_buf();
@@ -170,6 +176,18 @@ mod tests {
         let (d, f) = connect(&index, &Project::at(&moved), Timestamp::now()).unwrap();
         assert_eq!((d.id, f), (a.id, Found::Existing));
         assert_eq!(index.read().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn non_utf8_directories_are_refused_before_touching_the_index() {
+        use std::os::unix::ffi::OsStrExt;
+        let (root, index, _) = setup();
+        let odd = root.path().join(std::ffi::OsStr::from_bytes(b"bad\xff"));
+        fs::create_dir(&odd).unwrap();
+        let r = connect(&index, &Project::at(&odd), Timestamp::now());
+        assert!(matches!(r, Err(SessionError::NonUtf8Path(_))));
+        assert!(index.read().unwrap().is_empty());
+        assert!(!odd.join(".vibebox").exists());
     }
 
     #[test]
