@@ -7,9 +7,13 @@
 //!   names get NXDOMAIN and are never sent upstream);
 //! - [`log`]: one JSON object a line per decision, for `.vibebox/logs/network.log`.
 //!
-//! The packet engine that connects these to the guest's NIC is not built yet.
+//! - [`engine`]: the packet engine on the guest's NIC (smoltcp), relaying
+//!   allowed connections through host sockets;
+//! - [`sniff`]: the TLS SNI or HTTP Host a connection's first bytes claim.
 #![warn(missing_docs)]
 
 pub mod dns;
+pub mod engine;
 pub mod log;
+pub mod sniff;
 pub mod synthetic;

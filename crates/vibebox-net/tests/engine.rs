@@ -1,0 +1,355 @@
+//! The engine against a guest TCP/IP stack (a second smoltcp) over the same
+//! framing QEMU uses, with stand-in "internet" servers on 127.0.0.1 reached
+//! through resolver overrides. Loopback only.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant as StdInstant};
+
+use simple_dns::rdata::RData;
+use simple_dns::{Packet, Question, CLASS, RCODE, TYPE};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use vibebox_core::policy::{NetworkEntry, NetworkMode, Policy, Verdict};
+use vibebox_net::engine::{Engine, EngineConfig, GATEWAY, GUEST};
+use vibebox_net::log::NetworkEvent;
+
+struct Queue {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+}
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+impl smoltcp::phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+impl smoltcp::phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut b = vec![0; len];
+        let r = f(&mut b);
+        self.0.push(b);
+        r
+    }
+}
+impl Device for Queue {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+        let f = self.rx.pop_front()?;
+        Some((Rx(f), Tx(&mut self.tx)))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = 1514;
+        c
+    }
+}
+
+/// The guest: a smoltcp stack on the other end of the engine's stream.
+struct Guest {
+    stream: UnixStream,
+    inbuf: Vec<u8>,
+    dev: Queue,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    epoch: StdInstant,
+    next_port: u16,
+}
+
+impl Guest {
+    fn new(stream: UnixStream) -> Guest {
+        stream.set_nonblocking(true).unwrap();
+        let mut dev = Queue {
+            rx: VecDeque::new(),
+            tx: Vec::new(),
+        };
+        let cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress([
+            0x52, 0x54, 0, 0x12, 0x34, 0x56,
+        ])));
+        let mut iface = Interface::new(cfg, &mut dev, Instant::from_millis(0));
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(GUEST), 24));
+        });
+        iface.routes_mut().add_default_ipv4_route(GATEWAY).unwrap();
+        Guest {
+            stream,
+            inbuf: Vec::new(),
+            dev,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            epoch: StdInstant::now(),
+            next_port: 40000,
+        }
+    }
+
+    fn step(&mut self) {
+        let mut chunk = [0u8; 65536];
+        while let Ok(n) = self.stream.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            self.inbuf.extend_from_slice(&chunk[..n]);
+        }
+        while self.inbuf.len() >= 4 {
+            let len = u32::from_be_bytes(self.inbuf[..4].try_into().unwrap()) as usize;
+            if self.inbuf.len() < 4 + len {
+                break;
+            }
+            self.dev.rx.push_back(self.inbuf[4..4 + len].to_vec());
+            self.inbuf.drain(..4 + len);
+        }
+        let now = Instant::from_millis(self.epoch.elapsed().as_millis() as i64);
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        for f in self.dev.tx.drain(..) {
+            let mut out = (f.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(&f);
+            let mut data = &out[..];
+            while !data.is_empty() {
+                match self.stream.write(data) {
+                    Ok(n) => data = &data[n..],
+                    Err(_) => std::thread::sleep(Duration::from_micros(100)),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    fn until(&mut self, limit: Duration, mut f: impl FnMut(&mut Guest) -> bool) -> bool {
+        let start = StdInstant::now();
+        while start.elapsed() < limit {
+            self.step();
+            if f(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Resolves `name` through the engine's DNS: Ok(address) or Err(rcode).
+    fn resolve(&mut self, name: &str) -> Result<Ipv4Addr, RCODE> {
+        let mut s = udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+        );
+        self.next_port += 1;
+        s.bind(self.next_port).unwrap();
+        let mut q = Packet::new_query(7);
+        q.questions.push(Question::new(
+            simple_dns::Name::new_unchecked(name),
+            TYPE::A.into(),
+            CLASS::IN.into(),
+            false,
+        ));
+        let bytes = q.build_bytes_vec().unwrap();
+        s.send_slice(&bytes, IpEndpoint::new(IpAddress::Ipv4(GATEWAY), 53))
+            .unwrap();
+        let h = self.sockets.add(s);
+        let mut reply = Vec::new();
+        self.until(Duration::from_secs(5), |g| {
+            let s = g.sockets.get_mut::<udp::Socket>(h);
+            let mut buf = [0u8; 1500];
+            if let Ok((n, _)) = s.recv_slice(&mut buf) {
+                reply = buf[..n].to_vec();
+                true
+            } else {
+                false
+            }
+        });
+        let p = Packet::parse(&reply).expect("a DNS reply");
+        if p.rcode() != RCODE::NoError {
+            return Err(p.rcode());
+        }
+        p.answers
+            .iter()
+            .find_map(|a| match &a.rdata {
+                RData::A(a) => Some(Ipv4Addr::from(a.address)),
+                _ => None,
+            })
+            .ok_or(RCODE::NoError)
+    }
+
+    fn connect(&mut self, ip: Ipv4Addr, port: u16) -> SocketHandle {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 65536]),
+            tcp::SocketBuffer::new(vec![0; 65536]),
+        );
+        self.next_port += 1;
+        s.connect(
+            self.iface.context(),
+            (IpAddress::Ipv4(ip), port),
+            self.next_port,
+        )
+        .unwrap();
+        self.sockets.add(s)
+    }
+
+    fn state(&self, h: SocketHandle) -> tcp::State {
+        self.sockets.get::<tcp::Socket>(h).state()
+    }
+
+    /// Sends `request` and reads until the peer closes; None if reset/closed without data.
+    fn exchange(&mut self, h: SocketHandle, request: &[u8]) -> Vec<u8> {
+        self.until(Duration::from_secs(10), |g| {
+            g.state(h) == tcp::State::Established || g.state(h) == tcp::State::Closed
+        });
+        if self.state(h) == tcp::State::Established {
+            self.sockets
+                .get_mut::<tcp::Socket>(h)
+                .send_slice(request)
+                .unwrap();
+        }
+        let mut got = Vec::new();
+        self.until(Duration::from_secs(10), |g| {
+            let s = g.sockets.get_mut::<tcp::Socket>(h);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.recv_slice(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            !s.may_recv() || s.state() == tcp::State::Closed
+        });
+        got
+    }
+}
+
+/// A stand-in internet server on 127.0.0.1: answers every request with its body, then closes.
+fn server(body: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().take(20) {
+            let Ok(mut c) = c else { continue };
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).unwrap_or(0);
+            seen2
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ = c.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (port, seen)
+}
+
+fn start(entries: &[&str], hosts: &[(&str, &str)]) -> (Guest, Arc<Mutex<Vec<NetworkEvent>>>) {
+    let policy = Policy::new(
+        NetworkMode::Allowlist,
+        entries
+            .iter()
+            .map(|e| NetworkEntry::parse(e).unwrap())
+            .collect(),
+    );
+    let hosts: HashMap<String, IpAddr> = hosts
+        .iter()
+        .map(|(n, ip)| (n.to_string(), ip.parse().unwrap()))
+        .collect();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let engine = Engine::new(
+        EngineConfig { policy, hosts },
+        Box::new(move |e: &NetworkEvent| ev.lock().unwrap().push(e.clone())),
+    );
+    let (a, b) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || engine.run(a));
+    (Guest::new(b), events)
+}
+
+#[test]
+fn allowed_names_are_relayed_and_blocked_ones_do_not_resolve() {
+    let (port, seen) = server("hello from the stand-in internet");
+    let (mut g, events) = start(
+        &["allowed.test"],
+        &[("allowed.test", "127.0.0.1"), ("blocked.test", "127.0.0.1")],
+    );
+    let ip = g.resolve("allowed.test").expect("allowed name resolves");
+    assert!(ip.octets()[0] == 198, "synthetic address: {ip}");
+    let h = g.connect(ip, port);
+    let reply = g.exchange(h, b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n");
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("hello from the stand-in internet"), "{text}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(g.resolve("blocked.test"), Err(RCODE::NameError));
+    let ev = events.lock().unwrap();
+    assert!(ev
+        .iter()
+        .any(|e| e.name.as_deref() == Some("blocked.test") && e.verdict == Verdict::Deny));
+    assert!(ev
+        .iter()
+        .any(|e| e.name.as_deref() == Some("allowed.test") && e.verdict == Verdict::Allow));
+}
+
+#[test]
+fn raw_addresses_and_the_engine_itself_are_refused_at_once() {
+    let (port, seen) = server("never");
+    let (mut g, _events) = start(&["allowed.test"], &[("allowed.test", "127.0.0.1")]);
+    for ip in [
+        Ipv4Addr::new(192, 0, 2, 1),
+        Ipv4Addr::new(127, 0, 0, 1),
+        GATEWAY,
+        Ipv4Addr::new(198, 18, 99, 99),
+    ] {
+        let h = g.connect(ip, port);
+        let start = StdInstant::now();
+        let closed = g.until(Duration::from_secs(5), |g| g.state(h) == tcp::State::Closed);
+        assert!(closed, "{ip} was not refused");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "refused at once, not after a timeout"
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn host_header_and_sni_must_name_the_resolved_host() {
+    let (port, seen) = server("secret");
+    let (mut g, events) = start(&["allowed.test"], &[("allowed.test", "127.0.0.1")]);
+    let ip = g.resolve("allowed.test").unwrap();
+    let h = g.connect(ip, port);
+    let reply = g.exchange(h, b"GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n");
+    assert!(reply.is_empty(), "smuggled Host got an answer");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the server"
+    );
+    assert!(events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.reason.contains("names evil.test")));
+}
+
+#[test]
+fn rebinding_to_internal_addresses_is_refused_without_an_override() {
+    // `localhost` resolves (on the host) to 127.0.0.1: an allowed name whose
+    // upstream answer points at the host's loopback is refused.
+    let (port, seen) = server("host loopback service");
+    let (mut g, _events) = start(&["localhost"], &[]);
+    let ip = g.resolve("localhost").unwrap();
+    let h = g.connect(ip, port);
+    let reply = g.exchange(h, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert!(reply.is_empty());
+    assert!(seen.lock().unwrap().is_empty());
+}
