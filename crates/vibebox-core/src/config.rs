@@ -72,7 +72,7 @@ const BOX_KEYS: &[&str] = &[
     "image",
 ];
 const SUPERVISOR_KEYS: &[&str] = &["auto_shutdown_ms"];
-const NETWORK_KEYS: &[&str] = &["mode", "entries"];
+const NETWORK_KEYS: &[&str] = &["mode", "entries", "hosts"];
 
 /// Which runtime turns the session into a running machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -134,6 +134,8 @@ pub struct NetworkConfig {
     pub mode: NetworkMode,
     /// The entries, parsed.
     pub entries: Vec<NetworkEntry>,
+    /// Resolver overrides: name (normalised) → address, like `--add-host`.
+    pub hosts: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 impl Default for NetworkConfig {
@@ -144,6 +146,7 @@ impl Default for NetworkConfig {
                 .iter()
                 .filter_map(|e| NetworkEntry::parse(e).ok())
                 .collect(),
+            hosts: Default::default(),
         }
     }
 }
@@ -544,6 +547,50 @@ impl Config {
             }
         }
 
+        if let Some(t) = root.get("network").and_then(Item::as_table) {
+            if let Some(item) = t.get("hosts") {
+                let help =
+                    "write hosts = { \"api.example.test\" = \"127.0.0.1\" }: names to IP addresses";
+                match item.as_table_like() {
+                    None => {
+                        let found = type_name(item);
+                        c.problem(
+                            item.span(),
+                            "network.hosts",
+                            format!("expected a table, found {found}"),
+                            help,
+                        );
+                    }
+                    Some(table) => {
+                        for (name, value) in table.iter() {
+                            let key = format!("network.hosts.{name}");
+                            let span = value.span();
+                            let Some(normal) = crate::policy::normalize_name(name) else {
+                                c.problem(
+                                    span,
+                                    &key,
+                                    format!("\"{name}\" is not a valid domain name"),
+                                    help,
+                                );
+                                continue;
+                            };
+                            match value.as_str().map(str::parse::<std::net::IpAddr>) {
+                                Some(Ok(ip)) => {
+                                    config.network.hosts.insert(normal, ip);
+                                }
+                                _ => c.problem(
+                                    span,
+                                    &key,
+                                    "expected an IP address as a string",
+                                    help,
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
         if c.problems.is_empty() {
             Ok(config)
         } else {
@@ -739,6 +786,25 @@ mod tests {
         assert_eq!(p.key.as_deref(), Some("network.entries[1]"));
         let p = one_problem("[box]\nimage = \"../evil\"\n");
         assert_eq!(p.key.as_deref(), Some("box.image"));
+    }
+
+    #[test]
+    fn hosts_overrides_map_names_to_addresses() {
+        let c = parse(
+            "[network]\nhosts = { \"API.Example.test.\" = \"127.0.0.1\", \"v6.test\" = \"::1\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.network.hosts.get("api.example.test"),
+            Some(&"127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(c.network.hosts.len(), 2);
+        let p = one_problem("[network]\nhosts = { \"a.test\" = \"not-an-ip\" }\n");
+        assert_eq!(p.key.as_deref(), Some("network.hosts.a.test"));
+        let p = one_problem("[network]\nhosts = { \"bad name\" = \"127.0.0.1\" }\n");
+        assert!(p.message.contains("not a valid domain name"), "{p}");
+        let p = one_problem("[network]\nhosts = [\"a\"]\n");
+        assert!(p.message.starts_with("expected a table"), "{p}");
     }
 
     #[test]

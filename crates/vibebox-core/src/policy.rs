@@ -324,6 +324,8 @@ pub struct NetworkConfigView {
     pub mode: NetworkMode,
     /// The entries, normalised (lower case, no trailing dot).
     pub entries: Vec<String>,
+    /// Resolver overrides (name → address).
+    pub hosts: std::collections::BTreeMap<String, IpAddr>,
 }
 
 impl From<&crate::config::NetworkConfig> for NetworkConfigView {
@@ -331,6 +333,7 @@ impl From<&crate::config::NetworkConfig> for NetworkConfigView {
         NetworkConfigView {
             mode: n.mode,
             entries: n.entries.iter().map(|e| e.to_string()).collect(),
+            hosts: n.hosts.clone(),
         }
     }
 }

@@ -13,6 +13,11 @@ pub enum Accel {
     Tcg,
 }
 
+/// MAC of the guest NIC that carries only the SSH forward (QEMU user networking).
+pub const SSH_NIC_MAC: &str = "52:54:00:12:34:56";
+/// MAC of the guest NIC attached to vibebox's network engine (all egress).
+pub const EGRESS_NIC_MAC: &str = "52:54:00:76:62:0f";
+
 /// One virtiofs share: a vhost-user socket served by virtiofsd, and its tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
@@ -44,6 +49,8 @@ pub struct Machine {
     pub tsc_khz: Option<u64>,
     /// Host loopback port forwarded to the guest's sshd.
     pub ssh_port: u16,
+    /// The network engine's unix socket (the engine listens; QEMU connects).
+    pub net_socket: Option<PathBuf>,
     /// The control port's unix socket (QEMU listens).
     pub control_socket: PathBuf,
     /// QMP's unix socket (QEMU listens).
@@ -146,8 +153,19 @@ impl Machine {
                 self.ssh_port
             ),
             "-device",
-            "virtio-net-device,netdev=net0",
+            &format!("virtio-net-device,netdev=net0,mac={SSH_NIC_MAC}"),
         ]);
+        if let Some(sock) = &self.net_socket {
+            push(&[
+                "-netdev",
+                &format!(
+                    "stream,id=net1,server=off,addr.type=unix,addr.path={}",
+                    path(sock)
+                ),
+                "-device",
+                &format!("virtio-net-device,netdev=net1,mac={EGRESS_NIC_MAC}"),
+            ]);
+        }
         push(&[
             "-chardev",
             &format!(
@@ -188,6 +206,7 @@ mod tests {
             overlay: "/p,x/.vibebox/disk.qcow2".into(),
             tsc_khz: Some(2_000_000),
             ssh_port: 2222,
+            net_socket: Some("/run/net.sock".into()),
             control_socket: "/run/ctl.sock".into(),
             qmp_socket: "/run/qmp.sock".into(),
             console_log: "/p/.vibebox/logs/console.log".into(),
@@ -235,6 +254,16 @@ mod tests {
             value_after(&a, "-netdev", "user"),
             "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22"
         );
+    }
+
+    #[test]
+    fn egress_goes_to_the_engine_socket_on_its_own_nic() {
+        let a = machine().args();
+        assert_eq!(
+            value_after(&a, "-netdev", "stream"),
+            "stream,id=net1,server=off,addr.type=unix,addr.path=/run/net.sock"
+        );
+        assert!(value_after(&a, "-device", "netdev=net1").contains(EGRESS_NIC_MAC));
     }
 
     #[test]

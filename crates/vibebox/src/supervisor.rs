@@ -19,9 +19,11 @@ use anyhow::{bail, Context as _};
 use vibebox_core::config::Config;
 use vibebox_core::home::images_dir;
 use vibebox_core::mounts::{self, MountMode};
+use vibebox_core::policy::Policy;
 use vibebox_core::project::Project;
+use vibebox_net::engine;
 use vibebox_vm::kvm::KvmVerdict;
-use vibebox_vm::qemu::{Accel, Machine, Share};
+use vibebox_vm::qemu::{Accel, Machine, Share, EGRESS_NIC_MAC, SSH_NIC_MAC};
 use vibebox_vm::virtiofs::ShareSpec;
 use vibebox_vm::{disk, ssh, virtiofs};
 
@@ -272,6 +274,34 @@ fn b64(bytes: &[u8]) -> String {
     out
 }
 
+/// Starts the network engine on `socket`: it serves the QEMU that connects
+/// there, logging every decision to `.vibebox/logs/network.log`.
+fn start_engine(project: &Project, config: &Config, socket: &Path) -> anyhow::Result<()> {
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let path = project.logs_dir().join("network.log");
+    let mut log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let engine = engine::Engine::new(
+        engine::EngineConfig {
+            policy: Policy::new(config.network.mode, config.network.entries.clone()),
+            hosts: config.network.hosts.clone().into_iter().collect(),
+        },
+        Box::new(move |e| {
+            let _ = writeln!(log, "{}", e.to_line());
+        }),
+    );
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = listener.accept() {
+            let _ = engine.run(stream);
+        }
+    });
+    Ok(())
+}
+
 /// The last lines of the guest console, for error messages.
 fn console_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
@@ -487,6 +517,8 @@ fn start_machine(
         }
     ));
     let ssh_port = free_port()?;
+    let net_socket = run_dir.join("net.sock");
+    start_engine(project, config, &net_socket)?;
     let machine = Machine {
         accel,
         cpus: config.cpu_count,
@@ -497,6 +529,7 @@ fn start_machine(
         overlay: project.disk_path(),
         tsc_khz: if accel == Accel::Tcg { tsc_khz() } else { None },
         ssh_port,
+        net_socket: Some(net_socket),
         control_socket: run_dir.join("ctl.sock"),
         qmp_socket: run_dir.join("qmp.sock"),
         console_log: project.logs_dir().join("console.log"),
@@ -521,7 +554,15 @@ fn start_machine(
         key.next().unwrap_or_default(),
         key.next().unwrap_or_default()
     ));
-    msg.push_str("net 10.0.2.15/24 10.0.2.2 10.0.2.3\n");
+    // The SSH NIC (QEMU user networking, restricted) carries no route; all
+    // egress goes through vibebox's network engine on the second NIC.
+    msg.push_str(&format!("net {SSH_NIC_MAC} 10.0.2.15/24 - -\n"));
+    msg.push_str(&format!(
+        "net {EGRESS_NIC_MAC} {}/{} {gw} {gw}\n",
+        engine::GUEST,
+        engine::PREFIX,
+        gw = engine::GATEWAY
+    ));
     for (tag, mode, guest) in &guest_mounts {
         let mode = if *mode == MountMode::ReadOnly {
             "ro"

@@ -9,7 +9,7 @@ use vibebox_core::project::Project;
 use crate::context::Context;
 
 /// What the guest's network really does in this version.
-pub const NETWORK_STATUS: &str = "the box has no network egress yet (only its SSH port is reachable, from host loopback); this policy takes effect once the network engine lands";
+pub const NETWORK_STATUS: &str = "enforced on the host by vibebox's network engine: DNS answers only allowed names; other connections, UDP (but DNS), IPv6 and the host's loopback are refused (decisions in .vibebox/logs/network.log)";
 
 /// Builds the explanation of the project around the current directory.
 pub fn build(ctx: &Context) -> anyhow::Result<Explanation> {
@@ -124,7 +124,10 @@ pub fn render(x: &Explanation) -> String {
     for e in &n.entries {
         line(format!("  {e}"));
     }
-    line(format!("  Now: {}", NETWORK_STATUS));
+    for (name, ip) in &n.hosts {
+        line(format!("  hosts: {name} -> {ip}"));
+    }
+    line(format!("  {NETWORK_STATUS}"));
     line(String::new());
     line(format!("Storage (relative to {})", x.project.display()));
     let s = &x.storage;
