@@ -377,3 +377,185 @@ fn shell_and_box_commands() {
     assert_eq!(common::session_id(&dir), id);
     w.vm(&dir).arg("stop").assert().success();
 }
+
+/// A stand-in internet server on 127.0.0.1 that records what reaches it.
+fn recording_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(50) {
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).unwrap_or(0);
+            seen2
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let body = "REACHED-THE-STAND-IN-SERVER";
+            let _ = c.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (port, seen)
+}
+
+/// Egress follows the policy, enforced on the host: allowed names work for
+/// programs that ignore proxies; every escape attempt fails and is logged.
+#[test]
+fn network_policy_is_enforced_on_the_host() {
+    let _serial = lock();
+    if !vm::available() {
+        return;
+    }
+    let (port, seen) = recording_server();
+    let w = World::with_image();
+    let dir = w.project("net");
+    fs::write(
+        dir.join("vibebox.toml"),
+        "[box]\nram_mb = 1024\nmounts = []\n[supervisor]\nauto_shutdown_ms = 1000\n[network]\nmode = \"allowlist\"\nentries = [\"allowed.test\", \"localhost\"]\nhosts = { \"allowed.test\" = \"127.0.0.1\", \"blocked.test\" = \"127.0.0.1\" }\n",
+    )
+    .unwrap();
+    let script = format!(
+        r#"
+        P={port}
+        c() {{ curl --noproxy '*' -s -m 8 "$@"; }}
+        echo "allowed-http: $(c http://allowed.test:$P/)"
+        echo "allowed-tcp: $(python3 -c "
+import socket; s = socket.create_connection(('allowed.test', $P), timeout=8)
+s.sendall(b'PLAIN-TCP\r\n\r\n'); print(s.recv(100)[:15].decode())" 2>&1 | tail -1)"
+        echo "blocked-name: $(c http://blocked.test:$P/ || echo refused-$?)"
+        echo "raw-ip: $(c http://192.0.2.1:$P/ || echo refused-$?)"
+        echo "engine-ip: $(c http://10.0.3.2:$P/ || echo refused-$?)"
+        echo "slirp-host: $(c http://10.0.2.2:$P/ || echo refused-$?)"
+        echo "ipv6: $(c -6 http://[2001:db8::1]:$P/ || echo refused-$?)"
+        echo "host-smuggling: $(c -H 'Host: evil.test' http://allowed.test:$P/ || echo refused-$?)"
+        echo "sni-mismatch: $(c -k --connect-to evil.test:443:allowed.test:$P https://evil.test/ || echo refused-$?)"
+        # `localhost` is allowed, and the host resolves it to its own loopback:
+        # the engine must refuse to connect there (DNS rebinding protection).
+        rebind_ip=$(python3 -c "
+import socket, struct
+q = struct.pack('>HHHHHH', 2, 0x100, 1, 0, 0, 0) + b'\x09localhost\x00' + struct.pack('>HH', 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.sendto(q, ('10.0.3.2', 53)); r = s.recv(512); print('.'.join(str(b) for b in r[-4:]))")
+        echo "rebinding: $rebind_ip $(c -H 'Host: localhost' http://$rebind_ip:$P/ || echo refused-$?)"
+        echo "tunnel: $(python3 -c "
+import socket, struct
+q = struct.pack('>HHHHHH', 1, 0x100, 1, 0, 0, 0)
+for label in [b'c2VjcmV0', b'tunnel', b'blocked', b'test']:
+    q += bytes([len(label)]) + label
+q += b'\x00' + struct.pack('>HH', 16, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.sendto(q, ('10.0.3.2', 53)); r = s.recv(512); print('rcode', r[3] & 15)")"
+        echo "other-resolver: $(python3 -c "
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.sendto(b'\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01', ('192.0.2.53', 53))
+try:
+    s.recv(512); print('ANSWERED')
+except Exception as e:
+    print('no-answer')")"
+        echo "udp-other: $(python3 -c "
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.sendto(b'x', ('192.0.2.9', 443))
+try:
+    s.recv(10); print('ANSWERED')
+except Exception:
+    print('no-answer')")"
+        "#
+    );
+    let out = w
+        .vm(&dir)
+        .args(["exec", "--", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    eprintln!("{text}");
+    let line = |k: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{k}:")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {k} in:\n{text}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .to_string()
+    };
+    assert!(
+        line("allowed-http").contains("REACHED-THE-STAND-IN-SERVER"),
+        "{text}"
+    );
+    assert!(line("allowed-tcp").contains("HTTP/1.1 200"), "{text}");
+    for k in [
+        "blocked-name",
+        "raw-ip",
+        "engine-ip",
+        "slirp-host",
+        "ipv6",
+        "host-smuggling",
+        "sni-mismatch",
+        "rebinding",
+    ] {
+        let l = line(k);
+        assert!(!l.contains("REACHED"), "escape via {k}: {l}");
+        assert!(l.contains("refused-"), "{k} should fail: {l}");
+    }
+    assert_eq!(
+        line("tunnel"),
+        "tunnel: rcode 3",
+        "NXDOMAIN for tunnelled names"
+    );
+    assert_eq!(line("other-resolver"), "other-resolver: no-answer");
+    assert_eq!(line("udp-other"), "udp-other: no-answer");
+    // Only the two allowed connections reached the server, and neither was the smuggled one.
+    let reached = seen.lock().unwrap().clone();
+    assert_eq!(reached.len(), 2, "{reached:?}");
+    assert!(
+        reached.iter().all(|r| !r.contains("evil.test")),
+        "{reached:?}"
+    );
+    // Every decision is in the log, one JSON object a line.
+    let log = fs::read_to_string(dir.join(".vibebox/logs/network.log")).unwrap();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["verdict"] == "deny" && e["name"] == "blocked.test"),
+        "{log}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["verdict"] == "deny"
+                && e["reason"].as_str().unwrap_or("").contains("evil.test")),
+        "{log}"
+    );
+    assert!(
+        events.iter().any(|e| e["verdict"] == "deny"
+            && e["destination"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("192.0.2.1:")),
+        "{log}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["verdict"] == "allow" && e["name"] == "allowed.test"),
+        "{log}"
+    );
+    w.vm(&dir).arg("stop").assert().success();
+}
