@@ -49,6 +49,16 @@ pub enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Show this project's logs: the supervisor's, or with --network every
+    /// network decision (one JSON object a line).
+    Logs {
+        /// The network decisions instead of the supervisor log.
+        #[arg(long)]
+        network: bool,
+        /// Keep printing new lines as they come (Ctrl-C to stop).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Print an SSH Host block for this project's running box (VS Code Remote-SSH, ssh).
     SshConfig,
     /// Stop this project's box now (the disk stays).

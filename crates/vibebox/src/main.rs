@@ -42,6 +42,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Explain { json }) => commands::explain::run(&ctx, json).map(|()| 0),
         Some(Command::Image { command }) => commands::image::run(&ctx, command).map(|()| 0),
         Some(Command::Exec { command }) => commands::connect::exec(&ctx, &command),
+        Some(Command::Logs { network, follow }) => {
+            commands::logs::run(&ctx, network, follow).map(|()| 0)
+        }
         Some(Command::SshConfig) => commands::connect::ssh_config(&ctx).map(|()| 0),
         Some(Command::Stop) => commands::connect::stop(&ctx).map(|()| 0),
         Some(Command::Supervise { dir }) => supervisor::run(&ctx, &dir).map(|()| 0),

@@ -545,8 +545,24 @@ fn start_machine(
     wait_for(&machine.control_socket, Duration::from_secs(20), &mut all)
         .context("QEMU did not start (see .vibebox/logs/qemu.log)")?;
     let qemu = all.remove(0);
-    let mut control = UnixStream::connect(&machine.control_socket)
-        .context("cannot connect to the guest's control port")?;
+    // The socket file appears when QEMU binds it, a moment before it listens.
+    let mut control = {
+        let mut tries = 0;
+        loop {
+            match UnixStream::connect(&machine.control_socket) {
+                Ok(c) => break c,
+                Err(_) if tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context("cannot connect to the guest's control port")
+                    )
+                }
+            }
+        }
+    };
     let mut msg = String::new();
     let mut key = pubkey.split_whitespace();
     msg.push_str(&format!(

@@ -608,3 +608,46 @@ fn image_list_and_rm_without_images() {
         .code(1)
         .stderr(predicate::str::contains("not a valid image name"));
 }
+
+#[test]
+fn logs_and_explain_show_network_decisions() {
+    let w = World::new();
+    let dir = w.project("p");
+    w.vibebox(&dir).arg("init").assert().success();
+    w.vibebox(&dir)
+        .args(["logs", "--network"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("appears once the box"));
+    fs::create_dir_all(dir.join(".vibebox/logs")).unwrap();
+    let lines = [
+        r#"{"time":"2026-11-23T09:00:00Z","kind":"dns","name":"evil.example","destination":"TYPE(A)","verdict":"deny","reason":"not allowed by the policy","bytes_up":0,"bytes_down":0}"#,
+        r#"{"time":"2026-11-23T09:00:01Z","kind":"tcp","name":"github.com","destination":"198.18.0.1:443","verdict":"allow","reason":"allowed name","bytes_up":0,"bytes_down":0}"#,
+    ];
+    fs::write(
+        dir.join(".vibebox/logs/network.log"),
+        lines.join("\n") + "\n",
+    )
+    .unwrap();
+    w.vibebox(&dir)
+        .args(["logs", "--network"])
+        .assert()
+        .success()
+        .stdout(lines.join("\n") + "\n");
+    w.vibebox(&dir)
+        .arg("explain")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Last blocked attempts:"))
+        .stdout(predicate::str::contains(
+            "evil.example TYPE(A) (not allowed by the policy)",
+        ))
+        .stdout(predicate::str::contains("198.18.0.1:443").not());
+    let out = w
+        .vibebox(&dir)
+        .args(["explain", "--json"])
+        .output()
+        .unwrap();
+    let x: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(x["network"]["recent_denials"].as_array().unwrap().len(), 1);
+}

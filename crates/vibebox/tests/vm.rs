@@ -419,6 +419,48 @@ fn network_policy_is_enforced_on_the_host() {
     let (port, seen) = recording_server();
     let w = World::with_image();
     let dir = w.project("net");
+    // A TLS stand-in server for the allowed name (self-signed, on loopback).
+    let tls_dir = w.root().join("tls");
+    fs::create_dir_all(&tls_dir).unwrap();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=allowed.test",
+        ])
+        .arg("-keyout")
+        .arg(tls_dir.join("key.pem"))
+        .arg("-out")
+        .arg(tls_dir.join("cert.pem"))
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut tls_server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{tls_port}"))
+        .arg("-cert")
+        .arg(tls_dir.join("cert.pem"))
+        .arg("-key")
+        .arg(tls_dir.join("key.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server runs");
     fs::write(
         dir.join("vibebox.toml"),
         "[box]\nram_mb = 1024\nmounts = []\n[supervisor]\nauto_shutdown_ms = 1000\n[network]\nmode = \"allowlist\"\nentries = [\"allowed.test\", \"localhost\"]\nhosts = { \"allowed.test\" = \"127.0.0.1\", \"blocked.test\" = \"127.0.0.1\" }\n",
@@ -429,6 +471,7 @@ fn network_policy_is_enforced_on_the_host() {
         P={port}
         c() {{ curl --noproxy '*' -s -m 8 "$@"; }}
         echo "allowed-http: $(c http://allowed.test:$P/)"
+        echo "allowed-https: $(c -k -o /dev/null -w '%{{http_code}}' https://allowed.test:{tls_port}/)"
         echo "allowed-tcp: $(python3 -c "
 import socket; s = socket.create_connection(('allowed.test', $P), timeout=8)
 s.sendall(b'PLAIN-TCP\r\n\r\n'); print(s.recv(100)[:15].decode())" 2>&1 | tail -1)"
@@ -496,6 +539,9 @@ except Exception:
         "{text}"
     );
     assert!(line("allowed-tcp").contains("HTTP/1.1 200"), "{text}");
+    assert_eq!(line("allowed-https"), "allowed-https: 200", "{text}");
+    let _ = tls_server.kill();
+    let _ = tls_server.wait();
     for k in [
         "blocked-name",
         "raw-ip",

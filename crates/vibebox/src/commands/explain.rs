@@ -128,6 +128,13 @@ pub fn render(x: &Explanation) -> String {
         line(format!("  hosts: {name} -> {ip}"));
     }
     line(format!("  {NETWORK_STATUS}"));
+    let denials = super::logs::recent_denials(&Project::at(&x.project), 5);
+    if !denials.is_empty() {
+        line("  Last blocked attempts:".into());
+        for d in denials {
+            line(format!("    {d}"));
+        }
+    }
     line(String::new());
     line(format!("Storage (relative to {})", x.project.display()));
     let s = &x.storage;
@@ -169,6 +176,8 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
     if json {
         let mut v = serde_json::to_value(&x)?;
         v["network"]["status"] = serde_json::Value::from(NETWORK_STATUS);
+        v["network"]["recent_denials"] =
+            serde_json::Value::from(super::logs::recent_denials(&Project::at(&x.project), 5));
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render(&x));

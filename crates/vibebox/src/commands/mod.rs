@@ -6,6 +6,7 @@ pub mod explain;
 pub mod image;
 pub mod init;
 pub mod list;
+pub mod logs;
 
 use anyhow::Context as _;
 use vibebox_core::config::{Config, ConfigLoadError};
