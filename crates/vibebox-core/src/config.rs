@@ -72,7 +72,7 @@ const BOX_KEYS: &[&str] = &[
     "image",
 ];
 const SUPERVISOR_KEYS: &[&str] = &["auto_shutdown_ms"];
-const NETWORK_KEYS: &[&str] = &["mode", "entries", "hosts"];
+const NETWORK_KEYS: &[&str] = &["mode", "entries", "hosts", "expose"];
 
 /// Which runtime turns the session into a running machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -136,6 +136,8 @@ pub struct NetworkConfig {
     pub entries: Vec<NetworkEntry>,
     /// Resolver overrides: name (normalised) → address, like `--add-host`.
     pub hosts: std::collections::BTreeMap<String, std::net::IpAddr>,
+    /// Guest ports reachable from the host's loopback: (host port, guest port).
+    pub expose: Vec<(u16, u16)>,
 }
 
 impl Default for NetworkConfig {
@@ -147,6 +149,7 @@ impl Default for NetworkConfig {
                 .filter_map(|e| NetworkEntry::parse(e).ok())
                 .collect(),
             hosts: Default::default(),
+            expose: Vec::new(),
         }
     }
 }
@@ -591,6 +594,57 @@ impl Config {
             }
         }
 
+        if let Some(t) = root.get("network").and_then(Item::as_table) {
+            let help = "write expose = [3000, \"8080:80\"]: a guest port, or host-port:guest-port (1-65535)";
+            if let Some(item) = t.get("expose") {
+                match item.as_array() {
+                    None => {
+                        let found = type_name(item);
+                        c.problem(
+                            item.span(),
+                            "network.expose",
+                            format!("expected an array, found {found}"),
+                            help,
+                        );
+                    }
+                    Some(array) => {
+                        for (i, v) in array.iter().enumerate() {
+                            let key = format!("network.expose[{i}]");
+                            let port = |n: i64| u16::try_from(n).ok().filter(|p| *p > 0);
+                            let parsed = match v {
+                                Value::Integer(n) => port(*n.value()).map(|p| (p, p)),
+                                Value::String(text) => {
+                                    text.value().split_once(':').and_then(|(h, g)| {
+                                        Some((port(h.parse().ok()?)?, port(g.parse().ok()?)?))
+                                    })
+                                }
+                                _ => None,
+                            };
+                            match parsed {
+                                Some(pair)
+                                    if config.network.expose.iter().any(|(h, _)| *h == pair.0) =>
+                                {
+                                    c.problem(
+                                        v.span(),
+                                        &key,
+                                        format!("host port {} is exposed twice", pair.0),
+                                        help,
+                                    )
+                                }
+                                Some(pair) => config.network.expose.push(pair),
+                                None => c.problem(
+                                    v.span(),
+                                    &key,
+                                    "not a port or host-port:guest-port",
+                                    help,
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
         if c.problems.is_empty() {
             Ok(config)
         } else {
@@ -805,6 +859,24 @@ mod tests {
         assert!(p.message.contains("not a valid domain name"), "{p}");
         let p = one_problem("[network]\nhosts = [\"a\"]\n");
         assert!(p.message.starts_with("expected a table"), "{p}");
+    }
+
+    #[test]
+    fn expose_takes_ports_and_pairs() {
+        let c = parse("[network]\nexpose = [3000, \"8080:80\"]\n").unwrap();
+        assert_eq!(c.network.expose, vec![(3000, 3000), (8080, 80)]);
+        for bad in [
+            "[0]",
+            "[70000]",
+            "[\"80\"]",
+            "[\"a:b\"]",
+            "[3000, \"3000:80\"]",
+            "3000",
+            "[1.5]",
+        ] {
+            let e = parse(&format!("[network]\nexpose = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("network.expose"), "{bad}: {e}");
+        }
     }
 
     #[test]

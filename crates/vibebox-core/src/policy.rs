@@ -326,6 +326,8 @@ pub struct NetworkConfigView {
     pub entries: Vec<String>,
     /// Resolver overrides (name → address).
     pub hosts: std::collections::BTreeMap<String, IpAddr>,
+    /// Exposed guest ports: (host loopback port, guest port).
+    pub expose: Vec<(u16, u16)>,
 }
 
 impl From<&crate::config::NetworkConfig> for NetworkConfigView {
@@ -334,6 +336,7 @@ impl From<&crate::config::NetworkConfig> for NetworkConfigView {
             mode: n.mode,
             entries: n.entries.iter().map(|e| e.to_string()).collect(),
             hosts: n.hosts.clone(),
+            expose: n.expose.clone(),
         }
     }
 }

@@ -106,6 +106,17 @@ enum Target {
     Name(String),
     /// A raw address allowed by an IP/CIDR entry.
     Addr(Ipv4Addr),
+    /// An inbound forward from the host's loopback to a guest port.
+    Forward,
+}
+
+impl Target {
+    fn name(&self) -> Option<String> {
+        match self {
+            Target::Name(n) => Some(n.clone()),
+            _ => None,
+        }
+    }
 }
 
 enum Phase {
@@ -144,6 +155,8 @@ pub struct Engine {
     sockets: SocketSet<'static>,
     dns: SocketHandle,
     conns: Vec<Conn>,
+    forwards: Vec<(std::net::TcpListener, u16)>,
+    next_local_port: u16,
     log: Box<dyn FnMut(&NetworkEvent) + Send>,
     epoch: StdInstant,
 }
@@ -206,9 +219,75 @@ impl Engine {
             sockets,
             dns,
             conns: Vec::new(),
+            forwards: Vec::new(),
+            next_local_port: 49152,
             log,
             epoch,
         }
+    }
+
+    /// Forwards connections accepted on each listener (on the host's loopback)
+    /// to the paired guest port, through the same engine.
+    pub fn with_forwards(mut self, forwards: Vec<(std::net::TcpListener, u16)>) -> Engine {
+        for (l, _) in &forwards {
+            let _ = l.set_nonblocking(true);
+        }
+        self.forwards = forwards;
+        self
+    }
+
+    /// Accepts pending host connections of the forwards; returns whether any came.
+    fn accept_forwards(&mut self) -> bool {
+        let mut any = false;
+        for i in 0..self.forwards.len() {
+            while let Ok((host, from)) = self.forwards[i].0.accept() {
+                any = true;
+                let guest_port = self.forwards[i].1;
+                let _ = host.set_nonblocking(true);
+                let _ = host.set_nodelay(true);
+                let mut socket = tcp::Socket::new(
+                    tcp::SocketBuffer::new(vec![0; BUF]),
+                    tcp::SocketBuffer::new(vec![0; BUF]),
+                );
+                self.next_local_port = if self.next_local_port >= 65000 {
+                    49152
+                } else {
+                    self.next_local_port + 1
+                };
+                let dest = SocketAddr::new(IpAddr::V4(GUEST), guest_port);
+                if socket
+                    .connect(
+                        self.iface.context(),
+                        (IpAddress::Ipv4(GUEST), guest_port),
+                        (IpAddress::Ipv4(GATEWAY), self.next_local_port),
+                    )
+                    .is_err()
+                {
+                    continue;
+                }
+                let handle = self.sockets.add(socket);
+                (self.log)(&now_event(
+                    EventKind::Tcp,
+                    None,
+                    format!("{from} -> guest:{guest_port}"),
+                    Verdict::Allow,
+                    "exposed port",
+                ));
+                self.conns.push(Conn {
+                    handle,
+                    target: Target::Forward,
+                    dest,
+                    phase: Phase::Relaying {
+                        host,
+                        to_host: Vec::new(),
+                        host_eof: false,
+                    },
+                    up: 0,
+                    down: 0,
+                });
+            }
+        }
+        any
     }
 
     fn now(&self) -> Instant {
@@ -405,10 +484,7 @@ impl Engine {
                             }
                             let c = claim(&first);
                             let waited = since.elapsed() > FIRST_BYTES_WAIT;
-                            let name = match &target {
-                                Target::Name(n) => Some(n.clone()),
-                                Target::Addr(_) => None,
-                            };
+                            let name = target.name();
                             match (c, name) {
                                 (Claim::Incomplete, _) if !waited && socket.may_recv() => {
                                     Phase::Waiting { since, first }
@@ -507,7 +583,11 @@ impl Engine {
                                 }
                             }
                         }
-                        if !socket.may_recv() && to_host.is_empty() {
+                        let opened = !matches!(
+                            socket.state(),
+                            tcp::State::SynSent | tcp::State::SynReceived | tcp::State::Listen
+                        );
+                        if opened && !socket.may_recv() && to_host.is_empty() {
                             let _ = host.shutdown(std::net::Shutdown::Write);
                         }
                         // Host -> guest.
@@ -611,6 +691,7 @@ impl Engine {
                 self.inspect(&frame);
                 self.device.rx.push_back(frame);
             }
+            activity |= self.accept_forwards();
             let now = self.now();
             self.iface.poll(now, &mut self.device, &mut self.sockets);
             self.serve_dns();
@@ -640,6 +721,7 @@ fn self_connect(cfg: &EngineConfig, target: &Target, port: u16) -> Receiver<io::
         let result = (|| {
             let addrs: Vec<SocketAddr> = match &target {
                 Target::Addr(a) => vec![SocketAddr::new(IpAddr::V4(*a), port)],
+                Target::Forward => Vec::new(),
                 Target::Name(name) => match hosts.get(name) {
                     // The user's explicit choice: honoured even for loopback.
                     Some(ip) => vec![SocketAddr::new(*ip, port)],

@@ -254,6 +254,14 @@ fn server(body: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
 }
 
 fn start(entries: &[&str], hosts: &[(&str, &str)]) -> (Guest, Arc<Mutex<Vec<NetworkEvent>>>) {
+    start_with(entries, hosts, Vec::new())
+}
+
+fn start_with(
+    entries: &[&str],
+    hosts: &[(&str, &str)],
+    forwards: Vec<(TcpListener, u16)>,
+) -> (Guest, Arc<Mutex<Vec<NetworkEvent>>>) {
     let policy = Policy::new(
         NetworkMode::Allowlist,
         entries
@@ -270,7 +278,8 @@ fn start(entries: &[&str], hosts: &[(&str, &str)]) -> (Guest, Arc<Mutex<Vec<Netw
     let engine = Engine::new(
         EngineConfig { policy, hosts },
         Box::new(move |e: &NetworkEvent| ev.lock().unwrap().push(e.clone())),
-    );
+    )
+    .with_forwards(forwards);
     let (a, b) = UnixStream::pair().unwrap();
     std::thread::spawn(move || engine.run(a));
     (Guest::new(b), events)
@@ -352,4 +361,53 @@ fn rebinding_to_internal_addresses_is_refused_without_an_override() {
     let reply = g.exchange(h, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert!(reply.is_empty());
     assert!(seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn exposed_guest_ports_are_reachable_from_host_loopback() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = listener.local_addr().unwrap().port();
+    let (mut g, _events) = start_with(&[], &[], vec![(listener, 8000)]);
+    // The guest serves on port 8000.
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 65536]),
+        tcp::SocketBuffer::new(vec![0; 65536]),
+    );
+    s.listen(8000).unwrap();
+    let h = g.sockets.add(s);
+    let client = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", host_port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"ping from the host").unwrap();
+        let mut got = String::new();
+        let _ = c.read_to_string(&mut got);
+        got
+    });
+    let mut heard = Vec::new();
+    g.until(Duration::from_secs(10), |g| {
+        let sock = g.sockets.get_mut::<tcp::Socket>(h);
+        let mut buf = [0u8; 256];
+        while let Ok(n) = sock.recv_slice(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            heard.extend_from_slice(&buf[..n]);
+        }
+        if heard.ends_with(b"host") && sock.can_send() {
+            sock.send_slice(b"pong from the guest").unwrap();
+            sock.close();
+            return true;
+        }
+        false
+    });
+    g.until(Duration::from_secs(5), |g| {
+        g.state(h) == tcp::State::Closed || g.state(h) == tcp::State::TimeWait
+    });
+    // Keep the guest stack turning until the host side has read everything.
+    let deadline = StdInstant::now() + Duration::from_secs(5);
+    while !client.is_finished() && StdInstant::now() < deadline {
+        g.step();
+    }
+    assert_eq!(String::from_utf8_lossy(&heard), "ping from the host");
+    assert_eq!(client.join().unwrap(), "pong from the guest");
 }

@@ -285,6 +285,15 @@ fn start_engine(project: &Project, config: &Config, socket: &Path) -> anyhow::Re
         .append(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut forwards = Vec::new();
+    for (i, (host_port, guest_port)) in config.network.expose.iter().enumerate() {
+        let l = std::net::TcpListener::bind(("127.0.0.1", *host_port)).with_context(|| {
+            format!(
+                "cannot expose guest port {guest_port} on 127.0.0.1:{host_port} (network.expose[{i}] in vibebox.toml)"
+            )
+        })?;
+        forwards.push((l, *guest_port));
+    }
     let engine = engine::Engine::new(
         engine::EngineConfig {
             policy: Policy::new(config.network.mode, config.network.entries.clone()),
@@ -293,7 +302,8 @@ fn start_engine(project: &Project, config: &Config, socket: &Path) -> anyhow::Re
         Box::new(move |e| {
             let _ = writeln!(log, "{}", e.to_line());
         }),
-    );
+    )
+    .with_forwards(forwards);
     std::thread::spawn(move || {
         if let Ok((stream, _)) = listener.accept() {
             let _ = engine.run(stream);

@@ -417,6 +417,11 @@ fn network_policy_is_enforced_on_the_host() {
         return;
     }
     let (port, seen) = recording_server();
+    let expose_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let w = World::with_image();
     let dir = w.project("net");
     // A TLS stand-in server for the allowed name (self-signed, on loopback).
@@ -463,12 +468,13 @@ fn network_policy_is_enforced_on_the_host() {
         .expect("openssl s_server runs");
     fs::write(
         dir.join("vibebox.toml"),
-        "[box]\nram_mb = 1024\nmounts = []\n[supervisor]\nauto_shutdown_ms = 1000\n[network]\nmode = \"allowlist\"\nentries = [\"allowed.test\", \"localhost\"]\nhosts = { \"allowed.test\" = \"127.0.0.1\", \"blocked.test\" = \"127.0.0.1\" }\n",
+        format!("[box]\nram_mb = 1024\nmounts = []\n[supervisor]\nauto_shutdown_ms = 60000\n[network]\nmode = \"allowlist\"\nentries = [\"allowed.test\", \"localhost\"]\nhosts = {{ \"allowed.test\" = \"127.0.0.1\", \"blocked.test\" = \"127.0.0.1\" }}\nexpose = [\"{expose_port}:8000\"]\n"),
     )
     .unwrap();
     let script = format!(
         r#"
         P={port}
+        (setsid python3 -m http.server 8000 >/dev/null 2>&1 &)
         c() {{ curl --noproxy '*' -s -m 8 "$@"; }}
         echo "allowed-http: $(c http://allowed.test:$P/)"
         echo "allowed-https: $(c -k -o /dev/null -w '%{{http_code}}' https://allowed.test:{tls_port}/)"
@@ -602,6 +608,22 @@ except Exception:
             .iter()
             .any(|e| e["verdict"] == "allow" && e["name"] == "allowed.test"),
         "{log}"
+    );
+    // An exposed guest port is reachable from the host's loopback, through the engine.
+    let reached = eventually(Duration::from_secs(60), || {
+        use std::io::{Read, Write};
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", expose_port)) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        let mut got = String::new();
+        let _ = c.read_to_string(&mut got);
+        got.starts_with("HTTP/1.0 200")
+    });
+    assert!(
+        reached,
+        "the exposed guest port answered on 127.0.0.1:{expose_port}"
     );
     w.vm(&dir).arg("stop").assert().success();
 }

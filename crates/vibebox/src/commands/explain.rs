@@ -127,6 +127,9 @@ pub fn render(x: &Explanation) -> String {
     for (name, ip) in &n.hosts {
         line(format!("  hosts: {name} -> {ip}"));
     }
+    for (host, guest) in &n.expose {
+        line(format!("  exposed: 127.0.0.1:{host} -> guest port {guest}"));
+    }
     line(format!("  {NETWORK_STATUS}"));
     let denials = super::logs::recent_denials(&Project::at(&x.project), 5);
     if !denials.is_empty() {
