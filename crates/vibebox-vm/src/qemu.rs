@@ -13,10 +13,8 @@ pub enum Accel {
     Tcg,
 }
 
-/// MAC of the guest NIC that carries only the SSH forward (QEMU user networking).
-pub const SSH_NIC_MAC: &str = "52:54:00:12:34:56";
-/// MAC of the guest NIC attached to vibebox's network engine (all egress).
-pub const EGRESS_NIC_MAC: &str = "52:54:00:76:62:0f";
+/// MAC of the guest's only NIC, attached to vibebox's network engine.
+pub const GUEST_NIC_MAC: &str = "52:54:00:76:62:0f";
 
 /// One virtiofs share: a vhost-user socket served by virtiofsd, and its tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +45,10 @@ pub struct Machine {
     pub overlay: PathBuf,
     /// Host TSC frequency in kHz, for the guest's early clock (TCG).
     pub tsc_khz: Option<u64>,
-    /// Host loopback port forwarded to the guest's sshd.
-    pub ssh_port: u16,
     /// The network engine's unix socket (the engine listens; QEMU connects).
-    pub net_socket: Option<PathBuf>,
+    /// Everything the guest sends or receives goes through the engine,
+    /// including the host's SSH connections (a loopback-only forward).
+    pub net_socket: PathBuf,
     /// The control port's unix socket (QEMU listens).
     pub control_socket: PathBuf,
     /// QMP's unix socket (QEMU listens).
@@ -144,28 +142,15 @@ impl Machine {
             "-device",
             "virtio-blk-device,drive=root",
         ]);
-        // No egress yet: `restrict=on` blocks every guest-initiated connection;
-        // only the forwarded SSH port reaches the guest, from host loopback.
         push(&[
             "-netdev",
             &format!(
-                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{}-:22",
-                self.ssh_port
+                "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+                path(&self.net_socket)
             ),
             "-device",
-            &format!("virtio-net-device,netdev=net0,mac={SSH_NIC_MAC}"),
+            &format!("virtio-net-device,netdev=net0,mac={GUEST_NIC_MAC}"),
         ]);
-        if let Some(sock) = &self.net_socket {
-            push(&[
-                "-netdev",
-                &format!(
-                    "stream,id=net1,server=off,addr.type=unix,addr.path={}",
-                    path(sock)
-                ),
-                "-device",
-                &format!("virtio-net-device,netdev=net1,mac={EGRESS_NIC_MAC}"),
-            ]);
-        }
         push(&[
             "-chardev",
             &format!(
@@ -205,8 +190,7 @@ mod tests {
             base_disk: "/img/disk.img".into(),
             overlay: "/p,x/.vibebox/disk.qcow2".into(),
             tsc_khz: Some(2_000_000),
-            ssh_port: 2222,
-            net_socket: Some("/run/net.sock".into()),
+            net_socket: "/run/net.sock".into(),
             control_socket: "/run/ctl.sock".into(),
             qmp_socket: "/run/qmp.sock".into(),
             console_log: "/p/.vibebox/logs/console.log".into(),
@@ -248,22 +232,15 @@ mod tests {
     }
 
     #[test]
-    fn network_is_restricted_with_only_ssh_forwarded_on_loopback() {
-        let a = machine().args();
-        assert_eq!(
-            value_after(&a, "-netdev", "user"),
-            "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22"
-        );
-    }
-
-    #[test]
     fn egress_goes_to_the_engine_socket_on_its_own_nic() {
         let a = machine().args();
         assert_eq!(
             value_after(&a, "-netdev", "stream"),
-            "stream,id=net1,server=off,addr.type=unix,addr.path=/run/net.sock"
+            "stream,id=net0,server=off,addr.type=unix,addr.path=/run/net.sock"
         );
-        assert!(value_after(&a, "-device", "netdev=net1").contains(EGRESS_NIC_MAC));
+        assert!(value_after(&a, "-device", "netdev=net0").contains(GUEST_NIC_MAC));
+        // No QEMU user networking at all: nothing bypasses the engine.
+        assert!(!a.iter().any(|x| x.starts_with("user,")));
     }
 
     #[test]

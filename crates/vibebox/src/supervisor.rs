@@ -23,7 +23,7 @@ use vibebox_core::policy::Policy;
 use vibebox_core::project::Project;
 use vibebox_net::engine;
 use vibebox_vm::kvm::KvmVerdict;
-use vibebox_vm::qemu::{Accel, Machine, Share, EGRESS_NIC_MAC, SSH_NIC_MAC};
+use vibebox_vm::qemu::{Accel, Machine, Share, GUEST_NIC_MAC};
 use vibebox_vm::virtiofs::ShareSpec;
 use vibebox_vm::{disk, ssh, virtiofs};
 
@@ -215,12 +215,6 @@ pub fn kvm_verdict(ctx: &Context) -> KvmVerdict {
     v
 }
 
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free local port")?;
-    Ok(l.local_addr()?.port())
-}
-
 /// A short private directory for the helpers' sockets (unix socket paths are
 /// limited to 108 bytes, project paths are not).
 pub fn run_dir(session: &uuid::Uuid) -> PathBuf {
@@ -275,8 +269,14 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// Starts the network engine on `socket`: it serves the QEMU that connects
-/// there, logging every decision to `.vibebox/logs/network.log`.
-fn start_engine(project: &Project, config: &Config, socket: &Path) -> anyhow::Result<()> {
+/// there, forwards `ssh` and the exposed ports into the guest, and logs every
+/// decision to `.vibebox/logs/network.log`.
+fn start_engine(
+    project: &Project,
+    config: &Config,
+    socket: &Path,
+    ssh: std::net::TcpListener,
+) -> anyhow::Result<()> {
     let listener = UnixListener::bind(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let path = project.logs_dir().join("network.log");
@@ -285,7 +285,8 @@ fn start_engine(project: &Project, config: &Config, socket: &Path) -> anyhow::Re
         .append(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let mut forwards = Vec::new();
+    // The host's SSH connections reach the guest's sshd through the engine too.
+    let mut forwards = vec![(ssh, 22)];
     for (i, (host_port, guest_port)) in config.network.expose.iter().enumerate() {
         let l = std::net::TcpListener::bind(("127.0.0.1", *host_port)).with_context(|| {
             format!(
@@ -526,9 +527,11 @@ fn start_machine(
             Accel::Tcg => "TCG emulation: KVM is not usable here",
         }
     ));
-    let ssh_port = free_port()?;
+    let ssh_listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("cannot open a local port for SSH")?;
+    let ssh_port = ssh_listener.local_addr()?.port();
     let net_socket = run_dir.join("net.sock");
-    start_engine(project, config, &net_socket)?;
+    start_engine(project, config, &net_socket, ssh_listener)?;
     let machine = Machine {
         accel,
         cpus: config.cpu_count,
@@ -538,8 +541,7 @@ fn start_machine(
         base_disk: image.join("disk.img"),
         overlay: project.disk_path(),
         tsc_khz: if accel == Accel::Tcg { tsc_khz() } else { None },
-        ssh_port,
-        net_socket: Some(net_socket),
+        net_socket,
         control_socket: run_dir.join("ctl.sock"),
         qmp_socket: run_dir.join("qmp.sock"),
         console_log: project.logs_dir().join("console.log"),
@@ -580,11 +582,8 @@ fn start_machine(
         key.next().unwrap_or_default(),
         key.next().unwrap_or_default()
     ));
-    // The SSH NIC (QEMU user networking, restricted) carries no route; all
-    // egress goes through vibebox's network engine on the second NIC.
-    msg.push_str(&format!("net {SSH_NIC_MAC} 10.0.2.15/24 - -\n"));
     msg.push_str(&format!(
-        "net {EGRESS_NIC_MAC} {}/{} {gw} {gw}\n",
+        "net {GUEST_NIC_MAC} {}/{} {gw} {gw}\n",
         engine::GUEST,
         engine::PREFIX,
         gw = engine::GATEWAY

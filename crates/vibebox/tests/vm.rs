@@ -484,7 +484,7 @@ s.sendall(b'PLAIN-TCP\r\n\r\n'); print(s.recv(100)[:15].decode())" 2>&1 | tail -
         echo "blocked-name: $(c http://blocked.test:$P/ || echo refused-$?)"
         echo "raw-ip: $(c http://192.0.2.1:$P/ || echo refused-$?)"
         echo "engine-ip: $(c http://10.0.3.2:$P/ || echo refused-$?)"
-        echo "slirp-host: $(c http://10.0.2.2:$P/ || echo refused-$?)"
+        echo "qemu-host-alias: $(c http://10.0.2.2:$P/ || echo refused-$?)"
         echo "ipv6: $(c -6 http://[2001:db8::1]:$P/ || echo refused-$?)"
         echo "host-smuggling: $(c -H 'Host: evil.test' http://allowed.test:$P/ || echo refused-$?)"
         echo "sni-mismatch: $(c -k --connect-to evil.test:443:allowed.test:$P https://evil.test/ || echo refused-$?)"
