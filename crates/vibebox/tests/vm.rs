@@ -552,7 +552,7 @@ except Exception:
         "blocked-name",
         "raw-ip",
         "engine-ip",
-        "slirp-host",
+        "qemu-host-alias",
         "ipv6",
         "host-smuggling",
         "sni-mismatch",
