@@ -455,6 +455,61 @@ fn network_policy_is_enforced_on_the_host() {
         .local_addr()
         .unwrap()
         .port();
+    // A git server (git daemon) for `git ls-remote`, also on loopback.
+    let repo = w.root().join("git/demo.git");
+    fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str], dir: &std::path::Path| {
+        let o = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git runs");
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    git(&["init", "-q", "--bare"], &repo);
+    let work = w.root().join("git/work");
+    fs::create_dir_all(&work).unwrap();
+    git(&["init", "-q"], &work);
+    git(
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ],
+        &work,
+    );
+    git(
+        &["push", "-q", repo.to_str().unwrap(), "HEAD:refs/heads/main"],
+        &work,
+    );
+    let git_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut git_daemon = Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={git_port}"))
+        .arg(format!("--base-path={}", w.root().join("git").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("git daemon runs");
     let mut tls_server = Command::new("openssl")
         .args(["s_server", "-quiet", "-www", "-accept"])
         .arg(format!("127.0.0.1:{tls_port}"))
@@ -478,6 +533,7 @@ fn network_policy_is_enforced_on_the_host() {
         c() {{ curl --noproxy '*' -s -m 8 "$@"; }}
         echo "allowed-http: $(c http://allowed.test:$P/)"
         echo "allowed-https: $(c -k -o /dev/null -w '%{{http_code}}' https://allowed.test:{tls_port}/)"
+        echo "allowed-git: $(git ls-remote git://allowed.test:{git_port}/demo.git 2>&1 | grep -c refs/heads/main)"
         echo "allowed-tcp: $(python3 -c "
 import socket; s = socket.create_connection(('allowed.test', $P), timeout=8)
 s.sendall(b'PLAIN-TCP\r\n\r\n'); print(s.recv(100)[:15].decode())" 2>&1 | tail -1)"
@@ -546,6 +602,9 @@ except Exception:
     );
     assert!(line("allowed-tcp").contains("HTTP/1.1 200"), "{text}");
     assert_eq!(line("allowed-https"), "allowed-https: 200", "{text}");
+    assert_eq!(line("allowed-git"), "allowed-git: 1", "{text}");
+    let _ = git_daemon.kill();
+    let _ = git_daemon.wait();
     let _ = tls_server.kill();
     let _ = tls_server.wait();
     for k in [
