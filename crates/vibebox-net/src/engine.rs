@@ -54,14 +54,20 @@ pub struct EngineConfig {
     pub hosts: HashMap<String, IpAddr>,
 }
 
-/// Frames between QEMU and smoltcp.
-struct FrameQueue {
-    rx: std::collections::VecDeque<Vec<u8>>,
-    tx: Vec<Vec<u8>>,
+/// A smoltcp device made of two frame queues: frames received (from QEMU)
+/// and frames to send. Public so that tests can build a guest stack on it.
+#[derive(Debug, Default)]
+pub struct FrameQueue {
+    /// Frames waiting to be processed by the stack.
+    pub rx: std::collections::VecDeque<Vec<u8>>,
+    /// Frames the stack produced, to be written out.
+    pub tx: Vec<Vec<u8>>,
 }
 
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+/// A received frame.
+pub struct Rx(Vec<u8>);
+/// Room for one frame to send.
+pub struct Tx<'a>(&'a mut Vec<Vec<u8>>);
 
 impl smoltcp::phy::RxToken for Rx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -183,10 +189,7 @@ fn now_event(
 impl Engine {
     /// A new engine; `log` receives every decision.
     pub fn new(cfg: EngineConfig, log: Box<dyn FnMut(&NetworkEvent) + Send>) -> Engine {
-        let mut device = FrameQueue {
-            rx: Default::default(),
-            tx: Vec::new(),
-        };
+        let mut device = FrameQueue::default();
         let epoch = StdInstant::now();
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(GATEWAY_MAC)));
         config.random_seed = u64::from(std::process::id()) ^ 0x5eed;

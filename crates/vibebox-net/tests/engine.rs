@@ -2,7 +2,7 @@
 //! framing QEMU uses, with stand-in "internet" servers on 127.0.0.1 reached
 //! through resolver overrides. Loopback only.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::os::unix::net::UnixStream;
@@ -12,56 +12,18 @@ use std::time::{Duration, Instant as StdInstant};
 use simple_dns::rdata::RData;
 use simple_dns::{Packet, Question, CLASS, RCODE, TYPE};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 use vibebox_core::policy::{NetworkEntry, NetworkMode, Policy, Verdict};
-use vibebox_net::engine::{Engine, EngineConfig, GATEWAY, GUEST};
+use vibebox_net::engine::{Engine, EngineConfig, FrameQueue, GATEWAY, GUEST};
 use vibebox_net::log::NetworkEvent;
-
-struct Queue {
-    rx: VecDeque<Vec<u8>>,
-    tx: Vec<Vec<u8>>,
-}
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut Vec<Vec<u8>>);
-impl smoltcp::phy::RxToken for Rx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-impl smoltcp::phy::TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut b = vec![0; len];
-        let r = f(&mut b);
-        self.0.push(b);
-        r
-    }
-}
-impl Device for Queue {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
-        let f = self.rx.pop_front()?;
-        Some((Rx(f), Tx(&mut self.tx)))
-    }
-    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.tx))
-    }
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut c = DeviceCapabilities::default();
-        c.medium = Medium::Ethernet;
-        c.max_transmission_unit = 1514;
-        c
-    }
-}
 
 /// The guest: a smoltcp stack on the other end of the engine's stream.
 struct Guest {
     stream: UnixStream,
     inbuf: Vec<u8>,
-    dev: Queue,
+    dev: FrameQueue,
     iface: Interface,
     sockets: SocketSet<'static>,
     epoch: StdInstant,
@@ -71,10 +33,7 @@ struct Guest {
 impl Guest {
     fn new(stream: UnixStream) -> Guest {
         stream.set_nonblocking(true).unwrap();
-        let mut dev = Queue {
-            rx: VecDeque::new(),
-            tx: Vec::new(),
-        };
+        let mut dev = FrameQueue::default();
         let cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress([
             0x52, 0x54, 0, 0x12, 0x34, 0x56,
         ])));
