@@ -708,10 +708,59 @@ impl Engine {
                 activity = true;
             }
             if !activity {
-                // Nothing moved: wait a little (connections are pumped on every turn).
-                std::thread::sleep(Duration::from_millis(2));
+                self.wait_for_work(&stream);
             }
         }
+    }
+}
+
+impl Engine {
+    /// Sleeps until a frame arrives, a host socket or forward is ready, or a
+    /// stack timer is due; short while connections are being set up.
+    fn wait_for_work(&mut self, stream: &UnixStream) {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let settling = self
+            .conns
+            .iter()
+            .any(|c| matches!(c.phase, Phase::Waiting { .. } | Phase::Connecting { .. }));
+        let mut timeout = if settling {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(100)
+        };
+        let now = self.now();
+        if let Some(d) = self.iface.poll_delay(now, &self.sockets) {
+            timeout = timeout.min(Duration::from_micros(d.total_micros()));
+        }
+        let mut fds = vec![PollFd::new(stream, PollFlags::IN)];
+        for (l, _) in &self.forwards {
+            fds.push(PollFd::new(l, PollFlags::IN));
+        }
+        for c in &self.conns {
+            if let Phase::Relaying {
+                host,
+                to_host,
+                host_eof,
+            } = &c.phase
+            {
+                let mut flags = PollFlags::empty();
+                // Read from the host only when the guest side has room.
+                if !host_eof && self.sockets.get::<tcp::Socket>(c.handle).can_send() {
+                    flags |= PollFlags::IN;
+                }
+                if !to_host.is_empty() {
+                    flags |= PollFlags::OUT;
+                }
+                if !flags.is_empty() {
+                    fds.push(PollFd::new(host, flags));
+                }
+            }
+        }
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let _ = poll(&mut fds, Some(&ts));
     }
 }
 
