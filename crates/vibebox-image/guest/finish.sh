@@ -13,6 +13,14 @@ chroot "$ROOT" useradd --create-home --shell /bin/bash --uid 1000 --groups sudo 
 echo 'vibecoder ALL=(ALL) NOPASSWD:ALL' >"$ROOT/etc/sudoers.d/vibecoder"
 chmod 440 "$ROOT/etc/sudoers.d/vibecoder"
 echo vibebox >"$ROOT/etc/hostname"
+cat >"$ROOT/etc/fstab" <<'FSTAB'
+# Mounted by /sbin/vibebox-init with one `mount -a` (the root disk is already mounted).
+sysfs  /sys      sysfs   nosuid,nodev,noexec                          0 0
+devpts /dev/pts  devpts  gid=5,mode=620,ptmxmode=666,X-mount.mkdir    0 0
+tmpfs  /dev/shm  tmpfs   mode=1777,nosuid,nodev,X-mount.mkdir         0 0
+tmpfs  /run      tmpfs   mode=755,nosuid,nodev                        0 0
+tmpfs  /tmp      tmpfs   mode=1777,nosuid,nodev                       0 0
+FSTAB
 printf '127.0.0.1 localhost\n127.0.1.1 vibebox\n::1 localhost\n' >"$ROOT/etc/hosts"
 install -m 755 "$GUEST/vibebox-init" "$ROOT/sbin/vibebox-init"
 install -m 644 "$GUEST/profile.sh" "$ROOT/etc/profile.d/vibebox.sh"
