@@ -244,7 +244,7 @@ fn build_in(
 
 /// Writes the uncompressed kernel (`vmlinux`, an ELF with a PVH entry) held in
 /// the bzImage `vmlinuz`. QEMU boots it directly, which is faster than going
-/// through the firmware, and works with any memory size on microvm.
+/// through the firmware's Linux loader.
 pub fn extract_vmlinux(vmlinuz: &Path, vmlinux: &Path) -> Result<(), ImageError> {
     let step = "extracting vmlinux";
     let data = fs::read(vmlinuz).map_err(io_err("cannot read", vmlinuz))?;
