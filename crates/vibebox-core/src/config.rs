@@ -32,7 +32,7 @@ cpu_count = 2
 ram_mb = 2048
 # Size of the instance disk (GiB), applied when the disk is created.
 disk_gb = 5
-# Host paths shown in the box, "host:guest[:read-only|read-write]" (read-only when omitted).
+# Host paths shown in the box, "host:guest[:read-only|read-write]" (read-write when omitted).
 # `~` is your home on the host and /home/vibecoder in the box; a relative host path is
 # relative to this directory, a relative guest path is under /home/vibecoder.
 # The project itself is always mounted read-write at ~/<project-name>.

@@ -6,7 +6,8 @@
 //! - [`index`]: the global session index, written atomically under a lock;
 //! - [`project`]: a project's directory and `.vibebox/` layout;
 //! - [`session`]: finding or creating a project's one session;
-//! - [`explain`]: what `vibebox explain` reports.
+//! - [`explain`]: what `vibebox explain` reports;
+//! - [`trust`]: consent for what a config grants beyond the defaults.
 //!
 //! This crate starts no process and opens no socket.
 #![warn(missing_docs)]
@@ -20,3 +21,4 @@ pub mod mounts;
 pub mod policy;
 pub mod project;
 pub mod session;
+pub mod trust;

@@ -6,14 +6,15 @@
 //!   guest user's home (`/home/vibecoder`).
 //! - A relative host path is relative to the project directory; a relative guest
 //!   path is under the guest user's home.
-//! - The mode defaults to `read-only`.
+//! - A two-part entry `host:guest` is read-write, as in the macOS vibebox and
+//!   `docker -v`: the same file means the same thing everywhere.
 //! - `..` is refused in guest paths, and so are the guest's system directories.
 //! - The project itself is always mounted read-write at `~/<project-name>`.
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The guest user's name inside the box.
 pub const GUEST_USER: &str = "vibecoder";
@@ -28,7 +29,7 @@ const RESERVED_GUEST_PATHS: &[&str] = &[
 const RESERVED_GUEST_TREES: &[&str] = &["/proc", "/sys", "/dev", "/run"];
 
 /// Whether the guest may write to a mount.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MountMode {
     /// The guest can read but never write (enforced on the host).
@@ -97,7 +98,7 @@ impl MountSpecError {
             MountSpecError::WrongParts(_) | MountSpecError::EmptyHost | MountSpecError::EmptyGuest => {
                 "write \"host:guest\" or \"host:guest:read-only\" or \"host:guest:read-write\", e.g. \"~/.codex:~/.codex:read-write\""
             }
-            MountSpecError::BadMode(_) => "the mode is `read-only` (the default) or `read-write`",
+            MountSpecError::BadMode(_) => "the mode is `read-only` or `read-write` (the default when omitted)",
             MountSpecError::TildeUser(_) => "write the path out, or use `~/...` for your own home",
             MountSpecError::GuestParent(_) => {
                 "write the guest path without `..`: absolute (/data), under the home (~/data) or relative to the home (data)"
@@ -117,7 +118,7 @@ pub struct MountSpec {
     pub host: String,
     /// The guest side as written.
     pub guest: String,
-    /// Read-only unless the entry says `read-write`.
+    /// Read-write unless the entry says `read-only`.
     pub mode: MountMode,
 }
 
@@ -133,7 +134,7 @@ impl MountSpec {
     pub fn parse(s: &str) -> Result<MountSpec, MountSpecError> {
         let parts: Vec<&str> = s.split(':').collect();
         let (host, guest, mode) = match parts.as_slice() {
-            [h, g] => (*h, *g, MountMode::ReadOnly),
+            [h, g] => (*h, *g, MountMode::ReadWrite),
             [h, g, m] => {
                 let mode = match *m {
                     "read-only" => MountMode::ReadOnly,
@@ -316,6 +317,9 @@ mod tests {
     fn parses_two_and_three_parts() {
         let m = MountSpec::parse("/a:/b").unwrap();
         assert_eq!((m.host.as_str(), m.guest.as_str()), ("/a", "/b"));
+        // Two parts mean read-write, as in the macOS vibebox and `docker -v`.
+        assert_eq!(m.mode, MountMode::ReadWrite);
+        let m = MountSpec::parse("/a:/b:read-only").unwrap();
         assert_eq!(m.mode, MountMode::ReadOnly);
         let m = MountSpec::parse("~/x:y:read-write").unwrap();
         assert_eq!(m.mode, MountMode::ReadWrite);

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 /// How the entries are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// Only the entries are reachable.

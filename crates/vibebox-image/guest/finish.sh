@@ -1,11 +1,17 @@
 #!/bin/sh
 # Runs as mmdebstrap's customize hook (as root, or as root of its user namespace):
 # configures the guest tree $1, then writes vmlinuz, initrd.img, packages.tsv and
-# disk.img into $2, using the guest files in $3.
+# disk.img into $1/run/vibebox-work/image, using the guest files in
+# $1/run/vibebox-work/guest. That directory is a tmpfs mounted by an earlier hook:
+# the files come in and go out through mmdebstrap's sync-in/sync-out, so nothing
+# here needs to reach the invoking user's home (which the namespace's root, a
+# subordinate uid, may not be able to read or write).
 set -eu
 ROOT=$1
-OUT=$2
-GUEST=$3
+WORK="$ROOT/run/vibebox-work"
+OUT="$WORK/image"
+GUEST="$WORK/guest"
+mkdir -p "$OUT"
 phase() { echo "vibebox-phase: $*"; }
 
 phase "configuring the guest (user vibecoder, sshd, init)"

@@ -88,6 +88,27 @@ fn remove_stale_builds(images_dir: &Path, name: &str) {
     }
 }
 
+/// Where the customize hooks work inside the guest tree: a tmpfs, so that
+/// nothing in it ends up in the root disk (made from a non-recursive view of
+/// the tree), and `/run` is a tmpfs in the running guest anyway.
+const HOOK_WORK: &str = "/run/vibebox-work";
+
+/// mmdebstrap's customize hooks, in order. They never touch a host path
+/// directly: in unshare mode they run as the root of a user namespace, a
+/// subordinate uid that can neither read nor write the invoking user's files.
+/// The guest files go in with `sync-in` and the image comes out with
+/// `sync-out`, both done by mmdebstrap as the invoking user.
+fn customize_hooks(guest: &Path, out: &Path) -> Vec<String> {
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+    vec![
+        format!("mkdir -p \"$1{HOOK_WORK}\" && mount -t tmpfs -o mode=0700 vibebox-work \"$1{HOOK_WORK}\" && mkdir \"$1{HOOK_WORK}/guest\""),
+        format!("sync-in {} {HOOK_WORK}/guest", quote(guest)),
+        format!("sh \"$1{HOOK_WORK}/guest/finish.sh\" \"$1\""),
+        format!("sync-out {HOOK_WORK}/image {}", quote(out)),
+        format!("umount \"$1{HOOK_WORK}\" && rmdir \"$1{HOOK_WORK}\""),
+    ]
+}
+
 /// Builds the image, reporting each phase to `progress`, and returns its manifest.
 ///
 /// The image appears at `images_dir/name` only once complete and verified;
@@ -136,13 +157,10 @@ fn build_in(
     ));
     let mut cmd = Command::new("mmdebstrap");
     cmd.arg("--variant=minbase")
-        .arg(format!("--include={}", PACKAGES.join(",")))
-        .arg(format!(
-            "--customize-hook={} \"$1\" {} {}",
-            guest.join("finish.sh").display(),
-            out.display(),
-            guest.display()
-        ));
+        .arg(format!("--include={}", PACKAGES.join(",")));
+    for hook in customize_hooks(&guest, &out) {
+        cmd.arg(format!("--customize-hook={hook}"));
+    }
     if !rustix::process::geteuid().is_root() {
         cmd.arg("--mode=unshare");
     }
@@ -191,6 +209,14 @@ fn build_in(
             ),
         ));
     }
+
+    // The disk image came out through a tar stream, which wrote its holes as
+    // zeros: make it sparse again.
+    let disk = out.join("disk.img");
+    let _ = Command::new("fallocate")
+        .arg("--dig-holes")
+        .arg(&disk)
+        .status();
 
     progress("extracting the uncompressed kernel (direct PVH boot)");
     extract_vmlinux(&out.join("vmlinuz"), &out.join("vmlinux"))?;
@@ -316,11 +342,28 @@ pub fn extract_vmlinux(vmlinuz: &Path, vmlinux: &Path) -> Result<(), ImageError>
     Ok(())
 }
 
+/// A system administration tool (e2fsck, debugfs): on PATH, else in the sbin
+/// directories, which an ordinary user's PATH often lacks on Debian.
+fn admin_tool(name: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(["/usr/sbin", "/sbin"].map(|d| Path::new(d).join(name)))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// Checks what a finished image must be before it is installed: a clean ext4
 /// root disk holding our init, an ELF kernel, a page-aligned initrd.
 fn check_structure(dir: &Path) -> Result<(), ImageError> {
     let step = "verifying the image";
-    let fsck = Command::new("e2fsck")
+    let fsck = Command::new(admin_tool("e2fsck"))
         .args(["-n", "-f"])
         .arg(dir.join("disk.img"))
         .output()
@@ -334,7 +377,7 @@ fn check_structure(dir: &Path) -> Result<(), ImageError> {
             ),
         ));
     }
-    let init = Command::new("debugfs")
+    let init = Command::new(admin_tool("debugfs"))
         .args(["-R", "stat /sbin/vibebox-init"])
         .arg(dir.join("disk.img"))
         .output()

@@ -390,7 +390,8 @@ fn explain_reports_mounts_network_storage_runtime_and_image() {
     assert_eq!(m[0]["mode"], "read-write");
     assert_eq!(m[0]["host"], dir.display().to_string());
     assert_eq!(m[1]["guest"], "/home/vibecoder/data");
-    assert_eq!(m[1]["mode"], "read-only");
+    // A two-part mount is read-write, as in the macOS vibebox and `docker -v`.
+    assert_eq!(m[1]["mode"], "read-write");
     assert_eq!(m[1]["host_exists"], true);
     assert_eq!(m[2]["host_exists"], false);
     assert_eq!(x["network"]["mode"], "blocklist");
