@@ -39,6 +39,9 @@ disk_gb = 5
 mounts = ["~/.codex:~/.codex:read-write", "~/.claude:~/.claude:read-write"]
 # runtime = "auto"          # auto | vm | container
 # image = "debian-bookworm"
+# More paths the box may read but never write, besides the built-in ones (git hooks and
+# config, this file, agent settings): relative to this directory, ~/..., or absolute.
+# protect = ["secrets/"]
 
 [supervisor]
 # Shut the machine down this long after the last terminal leaves; its disk stays.
@@ -70,6 +73,7 @@ const BOX_KEYS: &[&str] = &[
     "mounts",
     "runtime",
     "image",
+    "protect",
 ];
 const SUPERVISOR_KEYS: &[&str] = &["auto_shutdown_ms"];
 const NETWORK_KEYS: &[&str] = &["mode", "entries", "hosts", "expose"];
@@ -173,6 +177,8 @@ pub struct Config {
     pub auto_shutdown_ms: u64,
     /// Egress policy.
     pub network: NetworkConfig,
+    /// More paths the box may read but never write (`[box] protect`), as written.
+    pub protect: Vec<String>,
 }
 
 impl Default for Config {
@@ -196,6 +202,7 @@ impl Default for Config {
             image: DEFAULT_IMAGE.to_string(),
             auto_shutdown_ms: 20_000,
             network: NetworkConfig::default(),
+            protect: Vec::new(),
         }
     }
 }
@@ -494,6 +501,27 @@ impl Config {
                         Err(e) => {
                             c.problem(span, &key, format!("invalid mount \"{s}\": {e}"), e.help())
                         }
+                    }
+                }
+            }
+            if let Some(list) = c.string_array(t, "box", "protect", "\"secrets/\"") {
+                for (i, s, span) in list {
+                    if s.is_empty() || s.chars().any(char::is_control) {
+                        c.problem(
+                            span,
+                            &format!("box.protect[{i}]"),
+                            "a protected path is empty or has a control character",
+                            "write a path relative to the project (secrets/), under your home (~/x) or absolute",
+                        );
+                    } else if s.starts_with('~') && s != "~" && !s.starts_with("~/") {
+                        c.problem(
+                            span,
+                            &format!("box.protect[{i}]"),
+                            format!("`{s}` names another user's home"),
+                            "only `~` and `~/...` are supported",
+                        );
+                    } else {
+                        config.protect.push(s.to_string());
                     }
                 }
             }

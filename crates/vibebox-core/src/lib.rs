@@ -7,6 +7,7 @@
 //! - [`project`]: a project's directory and `.vibebox/` layout;
 //! - [`session`]: finding or creating a project's one session;
 //! - [`explain`]: what `vibebox explain` reports;
+//! - [`protect`]: the paths of read-write shares the box may read but not write;
 //! - [`trust`]: consent for what a config grants beyond the defaults.
 //!
 //! This crate starts no process and opens no socket.
@@ -20,5 +21,6 @@ pub mod index;
 pub mod mounts;
 pub mod policy;
 pub mod project;
+pub mod protect;
 pub mod session;
 pub mod trust;

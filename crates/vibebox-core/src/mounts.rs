@@ -245,6 +245,66 @@ pub fn host_path(written: &str, host_home: &Path, project_dir: &Path) -> PathBuf
     normalize(&joined)
 }
 
+/// Why the host side of a mount cannot be used for a start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The host path does not exist.
+    #[error("the host path {} does not exist", .0.display())]
+    Missing(PathBuf),
+    /// The host path is not a directory.
+    #[error("the host path {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// A path inside the project that leads elsewhere through a symlink: the
+    /// box can make symlinks in the project, so vibebox never follows them.
+    #[error("the host path {} is inside the project but is (or goes through) a symlink to {}", lexical.display(), target.display())]
+    SymlinkInProject {
+        /// The path as written, made absolute.
+        lexical: PathBuf,
+        /// Where the symlink leads.
+        target: PathBuf,
+    },
+}
+
+impl SourceError {
+    /// What to do about it, for the help line.
+    pub fn help(&self) -> String {
+        match self {
+            SourceError::Missing(p) => format!(
+                "create it (mkdir -p {}) or remove the entry from box.mounts",
+                p.display()
+            ),
+            SourceError::NotADirectory(_) => "mount a directory".to_string(),
+            SourceError::SymlinkInProject { target, .. } => format!(
+                "the box can write symlinks in the project; if you meant {}, write that path in box.mounts",
+                target.display()
+            ),
+        }
+    }
+}
+
+/// The real host path of a mount's host side: symlinks followed (the result
+/// is what consent covers), except that a path inside the project must not
+/// lead elsewhere through a symlink, which the box could have made.
+pub fn real_host_path(
+    written: &str,
+    host_home: &Path,
+    project_dir: &Path,
+) -> Result<PathBuf, SourceError> {
+    let lexical = host_path(written, host_home, project_dir);
+    let real =
+        std::fs::canonicalize(&lexical).map_err(|_| SourceError::Missing(lexical.clone()))?;
+    if lexical.starts_with(project_dir) && real != lexical {
+        return Err(SourceError::SymlinkInProject {
+            lexical,
+            target: real,
+        });
+    }
+    if !real.is_dir() {
+        return Err(SourceError::NotADirectory(real));
+    }
+    Ok(real)
+}
+
 /// Where a resolved mount comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -416,6 +476,37 @@ mod tests {
         assert_eq!(r[1].guest, "/home/vibecoder/m");
         assert!(!r[1].host_exists);
         assert_eq!(r[1].source, MountSource::Config { index: 0 });
+    }
+
+    #[test]
+    fn real_host_paths_follow_symlinks_only_outside_the_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let proj = root.join("p");
+        let elsewhere = root.join("elsewhere");
+        std::fs::create_dir_all(proj.join("data")).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, proj.join("link")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("outside-link")).unwrap();
+        assert_eq!(real_host_path("data", &root, &proj), Ok(proj.join("data")));
+        assert!(matches!(
+            real_host_path("link", &root, &proj),
+            Err(SourceError::SymlinkInProject { .. })
+        ));
+        // Outside the project, the real path is what consent covers.
+        assert_eq!(
+            real_host_path("~/outside-link", &root, &proj),
+            Ok(elsewhere)
+        );
+        assert!(matches!(
+            real_host_path("~/none", &root, &proj),
+            Err(SourceError::Missing(_))
+        ));
+        std::fs::write(root.join("f"), "").unwrap();
+        assert!(matches!(
+            real_host_path("~/f", &root, &proj),
+            Err(SourceError::NotADirectory(_))
+        ));
     }
 
     proptest! {
