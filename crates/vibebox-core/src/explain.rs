@@ -84,6 +84,12 @@ pub struct Explanation {
     pub runtime: RuntimeView,
     /// Base image.
     pub image: ImageView,
+    /// Protected paths of the shares, one line each.
+    pub protected: Vec<String>,
+    /// What the person should know about protections.
+    pub protect_warnings: Vec<String>,
+    /// What the config grants that was not accepted yet.
+    pub not_accepted: Vec<String>,
 }
 
 impl Explanation {
@@ -123,6 +129,9 @@ impl Explanation {
             },
             runtime,
             image,
+            protected: Vec::new(),
+            protect_warnings: Vec::new(),
+            not_accepted: Vec::new(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`session`]: finding or creating a project's one session;
 //! - [`explain`]: what `vibebox explain` reports;
 //! - [`protect`]: the paths of read-write shares the box may read but not write;
+//! - [`text`]: text from the box or a repository, escaped for a terminal;
 //! - [`trust`]: consent for what a config grants beyond the defaults.
 //!
 //! This crate starts no process and opens no socket.
@@ -23,4 +24,5 @@ pub mod policy;
 pub mod project;
 pub mod protect;
 pub mod session;
+pub mod text;
 pub mod trust;

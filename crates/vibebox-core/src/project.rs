@@ -48,6 +48,15 @@ pub enum ProjectError {
     /// `.vibebox/session.toml` is not valid.
     #[error("{0}")]
     BadSessionFile(FileProblems),
+    /// `.vibebox/` is, or holds, something vibebox never makes there (a
+    /// symlink, a device, a FIFO): typically a repository that ships it.
+    #[error("{} is {what}; vibebox never makes that in .vibebox/ and will not write through it", path.display())]
+    UnsafeState {
+        /// The offending path.
+        path: PathBuf,
+        /// What it is.
+        what: String,
+    },
 }
 
 fn io_err<'p>(
@@ -179,10 +188,72 @@ impl Project {
         result
     }
 
-    /// Creates `.vibebox/` and its `.gitignore` when missing.
-    pub fn ensure_state_dir(&self) -> Result<(), ProjectError> {
+    /// Checks `.vibebox/` before vibebox writes in it: it must be a real
+    /// directory holding only directories, regular files and sockets — no
+    /// symlink (which would make vibebox write elsewhere), device or FIFO.
+    /// A repository that ships `.vibebox/` is refused here. Sets it to 0700.
+    pub fn check_state_dir(&self) -> Result<(), ProjectError> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let dir = self.state_dir();
-        fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+        let unsafe_state = |path: PathBuf, what: String| ProjectError::UnsafeState { path, what };
+        let meta = match fs::symlink_metadata(&dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("cannot read", &dir)(e)),
+        };
+        let describe = |ft: fs::FileType, path: &Path| -> Option<String> {
+            if ft.is_symlink() {
+                let to = fs::read_link(path).unwrap_or_default();
+                Some(format!("a symlink to {}", to.display()))
+            } else if ft.is_dir() || ft.is_file() || ft.is_socket() {
+                None
+            } else {
+                Some("a device or FIFO".to_string())
+            }
+        };
+        if let Some(what) = describe(meta.file_type(), &dir) {
+            return Err(unsafe_state(dir, what));
+        }
+        if !meta.is_dir() {
+            return Err(unsafe_state(dir, "not a directory".into()));
+        }
+        let mut stack = vec![dir.clone()];
+        let mut seen = 0usize;
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d)
+                .map_err(io_err("cannot read", &d))?
+                .flatten()
+            {
+                seen += 1;
+                if seen > 100_000 {
+                    return Err(unsafe_state(dir, "holding more than 100000 files".into()));
+                }
+                let ft = e.file_type().map_err(io_err("cannot read", &e.path()))?;
+                if let Some(what) = describe(ft, &e.path()) {
+                    return Err(unsafe_state(e.path(), what));
+                }
+                if ft.is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        if meta.permissions().mode() & 0o777 != 0o700 {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_err("cannot protect", &dir))?;
+        }
+        Ok(())
+    }
+
+    /// Creates `.vibebox/` (0700) and its `.gitignore` when missing.
+    pub fn ensure_state_dir(&self) -> Result<(), ProjectError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.state_dir();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("cannot create", &dir))?;
+        self.check_state_dir()?;
         let ignore = dir.join(".gitignore");
         if !ignore.exists() {
             write_atomic(&ignore, b"*\n")?;
@@ -279,6 +350,26 @@ mod tests {
             Err(ProjectError::ConfigExists { .. })
         ));
         assert_eq!(fs::read_to_string(p.config_path()).unwrap(), "# mine");
+    }
+
+    #[test]
+    fn a_shipped_state_dir_with_symlinks_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let p = Project::at(root.path());
+        p.ensure_state_dir().unwrap();
+        let mode = fs::metadata(p.state_dir()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::os::unix::fs::symlink("/etc", p.state_dir().join("logs")).unwrap();
+        let e = p.check_state_dir().unwrap_err();
+        assert!(e.to_string().contains("a symlink to /etc"), "{e}");
+        fs::remove_file(p.state_dir().join("logs")).unwrap();
+        fs::create_dir(p.state_dir().join("ssh")).unwrap();
+        std::os::unix::fs::symlink("/tmp/x", p.state_dir().join("ssh/id_ed25519")).unwrap();
+        assert!(p.check_state_dir().is_err());
+        fs::remove_dir_all(p.state_dir()).unwrap();
+        std::os::unix::fs::symlink("/tmp", p.state_dir()).unwrap();
+        assert!(p.check_state_dir().is_err());
     }
 
     #[test]

@@ -1,10 +1,39 @@
 //! One virtiofsd per mount. Read-only is enforced by virtiofsd on the host
-//! (`--readonly`), and the project's `.vibebox/` is covered by an empty
-//! directory in virtiofsd's private mount namespace, so the guest never sees
-//! keys, disks or logs, whatever it does as root.
+//! (`--readonly`). Inside a read-write share, the protected paths planned by
+//! `vibebox_core::protect` are enforced in virtiofsd's private mount namespace,
+//! before virtiofsd starts: hidden paths (the project's `.vibebox/`) are
+//! covered by an empty directory, read-only paths (git hooks and config,
+//! `vibebox.toml`, agent settings) are bound onto themselves read-only, and
+//! pinned paths (`.git`) are bound onto themselves so that they cannot be
+//! renamed or removed. The guest's root can do nothing about any of it: these
+//! mounts exist only on the host side of the share.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use vibebox_core::protect::GuardKind;
+
+/// Applies the guards in virtiofsd's private mount namespace, then execs
+/// virtiofsd. `$1` is the empty directory, then pairs of (kind, path) until
+/// `--`, then virtiofsd's command line. Each path is checked again right
+/// before it is bound: it must still be exactly that path with no symlink in
+/// it (`realpath -e`), or the share does not start.
+const GUARD_SCRIPT: &str = r#"e=$1; shift
+while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do
+  kind=$1; p=$2; shift 2
+  if [ "$(realpath -e -- "$p" 2>/dev/null)" != "$p" ]; then
+    echo "vibebox: refusing to share: $p changed (it is gone or became a symlink)" >&2; exit 1
+  fi
+  case $kind in
+    hide) mount --bind -- "$e" "$p" ;;
+    pin) mount --bind -- "$p" "$p" ;;
+    rw) mount --bind -- "$p" "$p" && mount -o remount,bind,rw -- "$p" ;;
+    ro) mount --bind -- "$p" "$p" && mount -o remount,bind,ro -- "$p" ;;
+    *) false ;;
+  esac || { echo "vibebox: cannot protect $p ($kind)" >&2; exit 1; }
+done
+shift
+exec "$@""#;
 
 /// What one virtiofsd serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,8 +44,8 @@ pub struct ShareSpec {
     pub socket: PathBuf,
     /// Refuse every write (on the host).
     pub readonly: bool,
-    /// Directories inside `shared_dir` to hide (covered by `empty_dir`).
-    pub hide: Vec<PathBuf>,
+    /// Protected paths inside `shared_dir`, parents first.
+    pub guards: Vec<(GuardKind, PathBuf)>,
     /// The guest user's uid, mapped to the host user's uid.
     pub guest_uid: u32,
 }
@@ -38,9 +67,9 @@ pub fn find_virtiofsd(cache_dir: &Path) -> Option<PathBuf> {
 
 /// The command that runs virtiofsd for `spec`.
 ///
-/// It starts as `unshare --mount`, bind-mounts `empty_dir` over each hidden
-/// directory in that private namespace, then execs virtiofsd, which confines
-/// itself to the shared directory (`--sandbox namespace`).
+/// It starts as `unshare --mount`, applies the guards in that private
+/// namespace ([`GUARD_SCRIPT`]), then execs virtiofsd, which confines itself
+/// to the shared directory (`--sandbox namespace`).
 pub fn command(virtiofsd: &Path, spec: &ShareSpec, empty_dir: &Path) -> Command {
     let mut c = Command::new("unshare");
     if !rustix::process::getuid().is_root() {
@@ -51,15 +80,20 @@ pub fn command(virtiofsd: &Path, spec: &ShareSpec, empty_dir: &Path) -> Command 
     // Seen from virtiofsd, the host user is uid/gid 0 either way (real root,
     // or root of its user namespace): the guest user maps to it.
     let (uid, gid) = (0, 0);
-    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
-    // $1 = empty dir, $2 = number of hidden dirs, then the dirs, then virtiofsd's argv.
-    c.arg(
-        "e=$1; n=$2; shift 2; while [ \"$n\" -gt 0 ]; do mount --bind \"$e\" \"$1\" || exit 1; shift; n=$((n-1)); done; exec \"$@\"",
-    );
-    c.arg("vibebox-virtiofsd")
-        .arg(empty_dir)
-        .arg(spec.hide.len().to_string());
-    c.args(&spec.hide);
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        GUARD_SCRIPT,
+    ]);
+    c.arg("vibebox-virtiofsd").arg(empty_dir);
+    for (kind, path) in &spec.guards {
+        c.arg(kind.as_str()).arg(path);
+    }
+    c.arg("--");
     c.arg(virtiofsd)
         .arg("--shared-dir")
         .arg(&spec.shared_dir)

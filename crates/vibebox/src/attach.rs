@@ -16,6 +16,7 @@ use vibebox_vm::ssh;
 use crate::context::Context;
 use crate::control::{self, Attachment, Status};
 use crate::error::hinted;
+use crate::plan::StartPlan;
 
 /// A live reference to a running session.
 pub struct Attached {
@@ -40,7 +41,7 @@ pub fn ensure_image(ctx: &Context, config: &Config) -> anyhow::Result<()> {
     crate::commands::image::build(ctx, &config.image, None)
 }
 
-fn spawn_supervisor(ctx: &Context, project: &Project) -> anyhow::Result<()> {
+fn spawn_supervisor(ctx: &Context, project: &Project, plan: &StartPlan) -> anyhow::Result<()> {
     fs::create_dir_all(project.logs_dir())?;
     let log = project.logs_dir().join("supervisor.log");
     let out = fs::OpenOptions::new()
@@ -54,7 +55,7 @@ fn spawn_supervisor(ctx: &Context, project: &Project) -> anyhow::Result<()> {
     cmd.arg("__supervise")
         .arg(project.dir())
         .env("VIBEBOX_HOME", &ctx.home)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(out)
         .stderr(err);
     // SAFETY: setsid is async-signal-safe; it detaches the supervisor from the
@@ -66,7 +67,15 @@ fn spawn_supervisor(ctx: &Context, project: &Project) -> anyhow::Result<()> {
                 .map_err(std::io::Error::from)
         });
     }
-    cmd.spawn().context("cannot start the supervisor")?;
+    let mut child = cmd.spawn().context("cannot start the supervisor")?;
+    // The plan the client checked: the supervisor never reads the config file.
+    let text = serde_json::to_vec(plan)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(&text)
+            .context("cannot hand the start plan to the supervisor")?;
+    }
     Ok(())
 }
 
@@ -77,6 +86,7 @@ pub fn ensure_running(
     project: &Project,
     config: &Config,
     session: uuid::Uuid,
+    plan: &StartPlan,
 ) -> anyhow::Result<Attached> {
     ensure_image(ctx, config)?;
     let socket = project.socket_path();
@@ -104,7 +114,7 @@ pub fn ensure_running(
                 rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
                     .context("cannot lock the session")?;
                 if control::status(&socket).is_none() {
-                    spawn_supervisor(ctx, project)?;
+                    spawn_supervisor(ctx, project, plan)?;
                     while control::status(&socket).is_none() {
                         if Instant::now() > deadline {
                             bail!("the supervisor did not answer; see {}", log.display());
@@ -154,7 +164,9 @@ pub fn ensure_running(
 
 /// The ssh command to the guest of `project` (add `-t`/`-T` and the command).
 pub fn ssh_command(project: &Project, session: &uuid::Uuid, port: u16) -> Command {
-    let control = crate::supervisor::run_dir(session).join("ssh-master");
+    let control = crate::supervisor::run_dir(session)
+        .map(|d| d.join("ssh-master"))
+        .unwrap_or_else(|_| "none".into());
     let mut cmd = Command::new("ssh");
     cmd.args(ssh::options(&project.ssh_dir(), port, &control));
     cmd

@@ -63,6 +63,16 @@ pub enum Command {
     SshConfig,
     /// Stop this project's box now (the disk stays).
     Stop,
+    /// Show what this project's vibebox.toml grants beyond the defaults (host
+    /// paths, network widening, hosts overrides, exposed ports) and accept it.
+    ///
+    /// A start whose config grants anything not accepted asks first at the
+    /// terminal, and refuses without one.
+    Trust {
+        /// Accept without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Build, list and remove base images.
     Image {
         /// What to do with images.

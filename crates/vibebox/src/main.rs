@@ -6,6 +6,7 @@ mod commands;
 mod context;
 mod control;
 mod error;
+mod plan;
 mod runtime;
 mod supervisor;
 mod terminal;
@@ -47,6 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Some(Command::SshConfig) => commands::connect::ssh_config(&ctx).map(|()| 0),
         Some(Command::Stop) => commands::connect::stop(&ctx).map(|()| 0),
+        Some(Command::Trust { yes }) => commands::trust::run(&ctx, yes).map(|()| 0),
         Some(Command::Supervise { dir }) => supervisor::run(&ctx, &dir).map(|()| 0),
         Some(Command::Completions { .. }) | Some(Command::KvmProbe) => Ok(0),
     }

@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use vibebox_core::config::Config;
 use vibebox_core::home::images_dir;
-use vibebox_core::mounts::{self, MountMode};
+use vibebox_core::mounts::MountMode;
 use vibebox_core::policy::Policy;
 use vibebox_core::project::Project;
 use vibebox_net::engine;
@@ -29,6 +28,7 @@ use vibebox_vm::{disk, ssh, virtiofs};
 
 use crate::context::Context;
 use crate::control::Status;
+use crate::plan::StartPlan;
 
 /// How long the guest may take from QEMU start to "ready" (TCG is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -216,12 +216,59 @@ pub fn kvm_verdict(ctx: &Context) -> KvmVerdict {
 }
 
 /// A short private directory for the helpers' sockets (unix socket paths are
-/// limited to 108 bytes, project paths are not).
-pub fn run_dir(session: &uuid::Uuid) -> PathBuf {
+/// limited to 108 bytes, project paths are not): `$XDG_RUNTIME_DIR/vibebox`
+/// when set, else `/tmp/vibebox-<uid>`, created 0700 and verified to be a
+/// real directory this user owns that nobody else can write — never one
+/// another user made.
+pub fn run_root() -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let uid = rustix::process::getuid().as_raw();
-    std::env::temp_dir()
-        .join(format!("vibebox-{uid}"))
-        .join(session.simple().to_string())
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let root = match &xdg {
+        Some(x) => x.join("vibebox"),
+        None => std::env::temp_dir().join(format!("vibebox-{uid}")),
+    };
+    match fs::DirBuilder::new().mode(0o700).create(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot create {}", root.display())))
+        }
+    }
+    let meta =
+        fs::symlink_metadata(&root).with_context(|| format!("cannot read {}", root.display()))?;
+    let problem = if meta.file_type().is_symlink() || !meta.is_dir() {
+        Some("is not a directory (a symlink or a file)")
+    } else if meta.uid() != uid {
+        Some("belongs to another user")
+    } else if meta.mode() & 0o077 != 0 {
+        Some("can be read or written by other users")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(crate::error::hinted(
+            format!(
+                "the run directory {} {problem}; vibebox will not put its sockets there",
+                root.display()
+            ),
+            match xdg {
+                Some(_) => "check XDG_RUNTIME_DIR (it must be yours, mode 0700)".to_string(),
+                None => format!(
+                    "remove {} if it is not yours, or set XDG_RUNTIME_DIR to a private directory",
+                    root.display()
+                ),
+            },
+        ));
+    }
+    Ok(root)
+}
+
+/// The run directory of `session` (see [`run_root`]).
+pub fn run_dir(session: &uuid::Uuid) -> anyhow::Result<PathBuf> {
+    Ok(run_root()?.join(session.simple().to_string()))
 }
 
 fn wait_for(path: &Path, timeout: Duration, children: &mut [Tied]) -> anyhow::Result<()> {
@@ -355,6 +402,7 @@ fn boot(
     ctx: &Context,
     project: &Project,
     config: &Config,
+    plan: &StartPlan,
     session: &uuid::Uuid,
     state: &State,
     log: &mut dyn FnMut(&str),
@@ -401,6 +449,7 @@ fn boot(
             .with_context(|| format!("cannot write {}", base_record.display()))?;
         log("created the instance disk");
     }
+    disk::check_overlay(&project.disk_path())?;
     let verdict = kvm_verdict(ctx);
     let accel = if verdict.usable {
         Accel::Kvm
@@ -409,16 +458,23 @@ fn boot(
     };
     log(&format!("accelerator: {accel:?} ({})", verdict.reason));
 
-    let run_dir = run_dir(session);
+    let run_dir = run_dir(session)?;
     let _ = fs::remove_dir_all(&run_dir);
-    fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
-    fs::set_permissions(&run_dir, fs::Permissions::from_mode(0o700))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&run_dir)
+            .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    }
     let empty = run_dir.join("empty");
     fs::create_dir_all(&empty)?;
 
     let mut attempt = 1;
     loop {
-        match start_machine(ctx, project, config, accel, &pubkey, &run_dir, state, log) {
+        match start_machine(
+            ctx, project, config, plan, accel, &pubkey, &run_dir, state, log,
+        ) {
             Ok(running) => return Ok(running),
             Err(e) if e.downcast_ref::<EarlyExit>().is_some() && attempt < 3 => {
                 // QEMU occasionally resets in the firmware with a shared-memory
@@ -450,6 +506,7 @@ fn start_machine(
     ctx: &Context,
     project: &Project,
     config: &Config,
+    plan: &StartPlan,
     accel: Accel,
     pubkey: &str,
     run_dir: &Path,
@@ -474,19 +531,12 @@ fn start_machine(
             "virtiofsd is not installed; run scripts/install-deps (it builds it with cargo)"
         )
     })?;
-    let resolved = mounts::resolve(&config.mount_specs(), &ctx.host_home, project.dir());
-    let secret_dirs = [project.state_dir(), ctx.home.clone()];
     let mut helpers = Vec::new();
     let mut shares = Vec::new();
     let mut guest_mounts = Vec::new();
     let vlog = project.logs_dir().join("virtiofsd.log");
-    for (i, m) in resolved.iter().enumerate() {
+    for (i, m) in plan.shares.iter().enumerate() {
         let socket = run_dir.join(format!("fs{i}.sock"));
-        let hide: Vec<PathBuf> = secret_dirs
-            .iter()
-            .filter(|d| d.starts_with(&m.host) && d.is_dir())
-            .cloned()
-            .collect();
         if !m.host.is_dir() {
             bail!(
                 "mount {} -> {}: the host path is not a directory",
@@ -498,7 +548,7 @@ fn start_machine(
             shared_dir: m.host.clone(),
             socket: socket.clone(),
             readonly: m.mode == MountMode::ReadOnly,
-            hide,
+            guards: m.guards.iter().map(|g| (g.kind, g.path.clone())).collect(),
             guest_uid: 1000,
         };
         helpers.push(spawn_tied(
@@ -596,7 +646,7 @@ fn start_machine(
         };
         msg.push_str(&format!("mount {tag} {mode} {}\n", b64(guest.as_bytes())));
     }
-    match crate::commands::explain::build_for(ctx, project) {
+    match crate::commands::explain::build_planned(ctx, project, config, &plan.shares) {
         Ok(x) => {
             let text = crate::commands::explain::render(&x);
             msg.push_str(&format!("explain {}\n", b64(text.as_bytes())));
@@ -661,8 +711,15 @@ fn start_machine(
 }
 
 /// Runs the supervisor of the project at `dir` until the session stops.
+///
+/// The start plan the client checked arrives as JSON on standard input; the
+/// supervisor never reads `vibebox.toml` itself.
 pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
+    let plan: StartPlan = serde_json::from_reader(std::io::stdin().lock())
+        .context("the supervisor needs the start plan on its standard input")?;
+    let config = plan.config()?;
     let project = Project::at(dir);
+    project.check_state_dir()?;
     fs::create_dir_all(project.logs_dir())?;
     let mut log = |m: &str| eprintln!("[{}] {m}", jiff::Timestamp::now());
     // One supervisor per session: the lock is held for the life of the process.
@@ -678,7 +735,6 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .context("cannot lock the session")?;
     }
-    let config = crate::commands::load_config(&project)?;
     let session = project
         .read_session_id()?
         .ok_or_else(|| anyhow::anyhow!("{} has no session", project.dir().display()))?;
@@ -712,7 +768,7 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
         "supervising session {session} of {}",
         project.dir().display()
     ));
-    let running = match boot(ctx, &project, &config, &session, &state, &mut log) {
+    let running = match boot(ctx, &project, &config, &plan, &session, &state, &mut log) {
         Ok(r) => r,
         Err(e) => {
             let msg = format!("{e:#}");
@@ -724,7 +780,9 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
             // Give attached clients a moment to read why.
             std::thread::sleep(Duration::from_secs(2));
             let _ = fs::remove_file(&socket);
-            let _ = fs::remove_dir_all(run_dir(&session));
+            if let Ok(d) = run_dir(&session) {
+                let _ = fs::remove_dir_all(d);
+            }
             return Err(e);
         }
     };

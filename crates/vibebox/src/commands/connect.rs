@@ -11,11 +11,13 @@ use crate::attach;
 use crate::context::Context;
 use crate::control;
 use crate::error::hinted;
+use crate::plan::StartPlan;
 use crate::terminal;
 
 /// Finds the project, writes the default config when missing, validates the
-/// config and connects the session (creating it when needed).
-fn prepare(ctx: &Context) -> anyhow::Result<(Project, Config, SessionEntry)> {
+/// config, connects the session (creating it when needed), checks consent and
+/// plans the start.
+fn prepare(ctx: &Context) -> anyhow::Result<(Project, Config, SessionEntry, StartPlan)> {
     let project = Project::find(&ctx.cwd);
     if !project.has_config() {
         // The default mounts' directories exist before the config that names
@@ -33,13 +35,10 @@ fn prepare(ctx: &Context) -> anyhow::Result<(Project, Config, SessionEntry)> {
             Err(e) => return Err(e.into()),
         }
     }
-    let config = super::load_config(&project)?;
-    config
-        .check_mount_hosts(&project.config_path(), &ctx.host_home, project.dir())
-        .map_err(|p| {
-            anyhow::Error::new(p)
-                .context("a mount of vibebox.toml cannot be used; nothing was started")
-        })?;
+    project.check_state_dir()?;
+    // Read once: the supervisor gets this text, never the file.
+    let (config_source, config) = crate::plan::read_config(&project)?;
+    let hosts = crate::plan::mount_hosts(ctx, &project, &config)?;
     let (entry, found) = session::connect(&ctx.index, &project, Timestamp::now())?;
     match found {
         Found::Created => eprintln!("vibebox: new session {}", entry.id),
@@ -61,7 +60,19 @@ fn prepare(ctx: &Context) -> anyhow::Result<(Project, Config, SessionEntry)> {
             "`vibebox explain` shows the runtime vibebox would use and why",
         ));
     }
-    Ok((project, config, entry))
+    let grants = super::trust::grants(ctx, &project, &config, &hosts);
+    super::trust::ensure_accepted(ctx, &project, &entry.id, &grants)?;
+    let (shares, warnings) = crate::plan::shares(ctx, &project, &config, &hosts, true)?;
+    for w in &warnings {
+        eprintln!("vibebox: {}", vibebox_core::text::for_terminal(w));
+    }
+    let plan = StartPlan {
+        config_file: project.config_path(),
+        config_source,
+        shares,
+        warnings,
+    };
+    Ok((project, config, entry, plan))
 }
 
 /// The exit code with which `:new` in the box asks the host for a fresh session.
@@ -73,8 +84,8 @@ const NEW_SESSION_CODE: i32 = 197;
 /// request: the person at the HOST terminal confirms it or nothing happens.
 pub fn run(ctx: &Context) -> anyhow::Result<i32> {
     loop {
-        let (project, config, entry) = prepare(ctx)?;
-        let attached = attach::ensure_running(ctx, &project, &config, entry.id)?;
+        let (project, config, entry, plan) = prepare(ctx)?;
+        let attached = attach::ensure_running(ctx, &project, &config, entry.id, &plan)?;
         let code = attach::run_ssh(&project, &attached, None)?;
         drop(attached);
         if code != NEW_SESSION_CODE {
@@ -109,8 +120,8 @@ pub fn run(ctx: &Context) -> anyhow::Result<i32> {
 
 /// Runs `vibebox exec -- CMD ARGS…`.
 pub fn exec(ctx: &Context, command: &[String]) -> anyhow::Result<i32> {
-    let (project, config, entry) = prepare(ctx)?;
-    let attached = attach::ensure_running(ctx, &project, &config, entry.id)?;
+    let (project, config, entry, plan) = prepare(ctx)?;
+    let attached = attach::ensure_running(ctx, &project, &config, entry.id, &plan)?;
     let line = command
         .iter()
         .map(|a| attach::shell_quote(a))

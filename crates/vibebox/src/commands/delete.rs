@@ -95,5 +95,7 @@ pub fn remove_session(ctx: &Context, entry: &SessionEntry) -> anyhow::Result<()>
         }
         entries.retain(|e| e.id != entry.id);
         Ok::<_, anyhow::Error>(())
-    })
+    })?;
+    vibebox_core::trust::TrustStore::new(&ctx.home).forget(&entry.id);
+    Ok(())
 }

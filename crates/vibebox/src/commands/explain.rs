@@ -16,9 +16,45 @@ pub fn build(ctx: &Context) -> anyhow::Result<Explanation> {
     build_for(ctx, &Project::find(&ctx.cwd))
 }
 
-/// Builds the explanation of `project`.
+/// Builds the explanation of `project` from its config file (nothing on
+/// disk changes: missing placeholders of protected paths are only listed).
 pub fn build_for(ctx: &Context, project: &Project) -> anyhow::Result<Explanation> {
     let config = super::load_config(project)?;
+    let hosts: Vec<std::path::PathBuf> = config
+        .mounts
+        .iter()
+        .map(|m| {
+            vibebox_core::mounts::real_host_path(&m.spec.host, &ctx.host_home, project.dir())
+                .unwrap_or_else(|_| {
+                    vibebox_core::mounts::host_path(&m.spec.host, &ctx.host_home, project.dir())
+                })
+        })
+        .collect();
+    let mut x = build_planned(ctx, project, &config, &[])?;
+    match crate::plan::shares(ctx, project, &config, &hosts, false) {
+        Ok((shares, warnings)) => {
+            x.protected = crate::plan::describe(&shares);
+            x.protect_warnings = warnings;
+        }
+        Err(e) => x.protect_warnings = vec![format!("{e:#}")],
+    }
+    if let Ok(Some(id)) = project.read_session_id() {
+        let grants = super::trust::grants(ctx, project, &config, &hosts);
+        if let Ok(p) = super::trust::pending(ctx, &id, &grants) {
+            x.not_accepted = p.iter().map(ToString::to_string).collect();
+        }
+    }
+    Ok(x)
+}
+
+/// Builds the explanation of `project` with a checked `config` and its
+/// planned shares (the supervisor's `:explain`).
+pub fn build_planned(
+    ctx: &Context,
+    project: &Project,
+    config: &vibebox_core::config::Config,
+    shares: &[crate::plan::PlannedShare],
+) -> anyhow::Result<Explanation> {
     let image_dir = images_dir(&ctx.home).join(&config.image);
     let image = ImageView {
         name: config.image.clone(),
@@ -34,13 +70,9 @@ pub fn build_for(ctx: &Context, project: &Project) -> anyhow::Result<Explanation
             v.reason
         );
     }
-    Ok(Explanation::new(
-        project,
-        &config,
-        &ctx.host_home,
-        runtime,
-        image,
-    ))
+    let mut x = Explanation::new(project, config, &ctx.host_home, runtime, image);
+    x.protected = crate::plan::describe(shares);
+    Ok(x)
 }
 
 /// Renders an explanation as text for a person.
@@ -110,6 +142,23 @@ pub fn render(x: &Explanation) -> String {
         line(row.to_string());
     }
     line("  Nothing else of the host is visible in the box.".into());
+    if !x.protected.is_empty() {
+        line(String::new());
+        line("Protected (enforced on the host; the box may read, never write)".into());
+        for p in &x.protected {
+            line(format!("  {p}"));
+        }
+    }
+    for w in &x.protect_warnings {
+        line(format!("  warning: {w}"));
+    }
+    if !x.not_accepted.is_empty() {
+        line(String::new());
+        line("Not accepted yet (the next start asks; `vibebox trust` accepts)".into());
+        for w in &x.not_accepted {
+            line(format!("  {w}"));
+        }
+    }
     line(String::new());
     let n = &x.network;
     line(match n.mode {
@@ -170,7 +219,8 @@ pub fn render(x: &Explanation) -> String {
     for row in crate::terminal::table(&rows).lines() {
         line(row.to_string());
     }
-    out
+    // Names, hosts and paths can come from the box or a repository.
+    vibebox_core::text::bytes_for_terminal(out.as_bytes(), true)
 }
 
 /// Runs `vibebox explain`.
