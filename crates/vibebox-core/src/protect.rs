@@ -200,10 +200,19 @@ impl Planner<'_, '_> {
                             .open(&path)
                             .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes())),
                     };
-                    made.map_err(|e| ProtectError::Create {
-                        path: path.clone(),
-                        why: e.to_string(),
-                    })?;
+                    match made {
+                        Ok(()) => {}
+                        // Another vibebox made it at the same moment: look again.
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                            return self.protect(path, kind, why, None);
+                        }
+                        Err(e) => {
+                            return Err(ProtectError::Create {
+                                path: path.clone(),
+                                why: e.to_string(),
+                            })
+                        }
+                    }
                 }
                 self.out.created.push(path.clone());
             }

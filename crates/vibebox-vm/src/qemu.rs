@@ -53,8 +53,9 @@ pub struct Machine {
     pub control_socket: PathBuf,
     /// QMP's unix socket (QEMU listens).
     pub qmp_socket: PathBuf,
-    /// Where the guest console goes.
-    pub console_log: PathBuf,
+    /// A unix socket the host listens on: QEMU connects and writes the guest
+    /// console there (the host writes it to a capped log).
+    pub console_socket: PathBuf,
     /// virtiofs shares.
     pub shares: Vec<Share>,
 }
@@ -118,8 +119,13 @@ impl Machine {
             &path(&self.initrd),
             "-append",
             &self.kernel_cmdline(),
+            "-chardev",
+            &format!(
+                "socket,id=console,path={},server=off",
+                path(&self.console_socket)
+            ),
             "-serial",
-            &format!("file:{}", path(&self.console_log)),
+            "chardev:console",
         ]);
         // The backing chain is spelled out: QEMU never follows a backing-file
         // name from the overlay's header, which the guest could have rewritten.
@@ -192,7 +198,7 @@ mod tests {
             net_socket: "/run/net.sock".into(),
             control_socket: "/run/ctl.sock".into(),
             qmp_socket: "/run/qmp.sock".into(),
-            console_log: "/p/.vibebox/logs/console.log".into(),
+            console_socket: "/run/v/console.sock".into(),
             shares: vec![Share {
                 tag: "m0".into(),
                 socket: "/run/fs0.sock".into(),

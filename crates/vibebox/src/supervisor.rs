@@ -360,9 +360,83 @@ fn start_engine(
     Ok(())
 }
 
-/// The last lines of the guest console, for error messages.
+/// The guest console log is rotated at this size (one older file is kept as
+/// `console.log.1`): a guest printing forever cannot fill the host's disk.
+pub const CONSOLE_LOG_MAX: u64 = 4 << 20;
+
+/// Writes what QEMU sends on `socket` (the guest console) to `log`, capped at
+/// [`CONSOLE_LOG_MAX`] with one rotation. The log is opened without following
+/// symlinks.
+fn start_console_log(socket: &Path, log: &Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    let _ = fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let log = log.to_path_buf();
+    let open = |path: &Path| {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+    };
+    let mut file = open(&log).with_context(|| format!("cannot open {}", log.display()))?;
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut written = 0u64;
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if written + n as u64 > CONSOLE_LOG_MAX {
+                let _ = fs::rename(&log, log.with_extension("log.1"));
+                match open(&log) {
+                    Ok(f) => file = f,
+                    Err(_) => return,
+                }
+                written = 0;
+            }
+            if file.write_all(&buf[..n]).is_err() {
+                return;
+            }
+            written += n as u64;
+        }
+    });
+    Ok(())
+}
+
+/// How long the shared SSH connection may take to open (key exchange runs
+/// emulated under TCG).
+const SSH_MASTER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Opens the session's one SSH master connection before the session is
+/// reported running: every client's ssh then multiplexes over it
+/// (`ControlMaster=auto` finds its socket), so many clients at once never
+/// race to open their own first connections (which sshd would drop).
+fn start_ssh_master(project: &Project, run_dir: &Path, port: u16) -> anyhow::Result<Tied> {
+    let control = run_dir.join("ssh-master");
+    let _ = fs::remove_file(&control);
+    let mut cmd = Command::new("ssh");
+    // ssh keeps the first value of an option: these come before the shared ones.
+    cmd.args(["-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N"])
+        .args(ssh::options(&project.ssh_dir(), port, &control))
+        .arg("vibecoder@127.0.0.1");
+    let mut children = vec![spawn_tied(&mut cmd, &project.logs_dir().join("ssh.log"))?];
+    wait_for(&control, SSH_MASTER_TIMEOUT, &mut children)
+        .context("the shared SSH connection did not open (see .vibebox/logs/ssh.log)")?;
+    Ok(children.remove(0))
+}
+
+/// The last lines of the guest console, for error messages: the guest
+/// wrote them, so they are escaped for the terminal.
 fn console_tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
+    let bytes = fs::read(path).unwrap_or_default();
+    let text = vibebox_core::text::bytes_for_terminal(&bytes, true);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(12)..].join("\n")
 }
@@ -594,10 +668,13 @@ fn start_machine(
         net_socket,
         control_socket: run_dir.join("ctl.sock"),
         qmp_socket: run_dir.join("qmp.sock"),
-        console_log: project.logs_dir().join("console.log"),
+        console_socket: run_dir.join("console.sock"),
         shares,
     };
-    let _ = fs::remove_file(&machine.console_log);
+    start_console_log(
+        &machine.console_socket,
+        &project.logs_dir().join("console.log"),
+    )?;
     let mut qemu_cmd = Command::new("qemu-system-x86_64");
     qemu_cmd.args(machine.args());
     log(&format!("qemu-system-x86_64 {}", machine.args().join(" ")));
@@ -706,6 +783,9 @@ fn start_machine(
         "guest ready after {:.1} s",
         start.elapsed().as_secs_f64()
     ));
+    detail("opening the shared SSH connection");
+    let master = start_ssh_master(project, run_dir, ssh_port)?;
+    running.helpers.push(master);
     update(state, |s| s.status.ssh_port = Some(ssh_port));
     Ok(running)
 }

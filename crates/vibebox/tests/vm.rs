@@ -215,6 +215,8 @@ fn mounts_cannot_be_escaped_from_guest_root() {
     std::os::unix::fs::symlink(&secret, dir.join("abs-link")).unwrap();
     std::os::unix::fs::symlink("../host-secret.txt", dir.join("rel-link")).unwrap();
     write_config(&dir, &format!("\"{}:/data:read-only\"", ro.display()), 1000);
+    // A host path outside the project is a grant: accepted first.
+    w.vm(&dir).args(["trust", "--yes"]).assert().success();
     // Guest root tries everything it can.
     let script = r#"
         sudo mount -o remount,rw /data 2>/dev/null
@@ -526,6 +528,8 @@ fn network_policy_is_enforced_on_the_host() {
         format!("[box]\nram_mb = 1024\nmounts = []\n[supervisor]\nauto_shutdown_ms = 60000\n[network]\nmode = \"allowlist\"\nentries = [\"allowed.test\", \"localhost\"]\nhosts = {{ \"allowed.test\" = \"127.0.0.1\", \"blocked.test\" = \"127.0.0.1\" }}\nexpose = [\"{expose_port}:8000\"]\n"),
     )
     .unwrap();
+    // hosts overrides, extra entries and exposed ports are grants.
+    w.vm(&dir).args(["trust", "--yes"]).assert().success();
     let script = format!(
         r#"
         P={port}
