@@ -76,7 +76,10 @@ const BOX_KEYS: &[&str] = &[
     "protect",
 ];
 const SUPERVISOR_KEYS: &[&str] = &["auto_shutdown_ms"];
-const NETWORK_KEYS: &[&str] = &["mode", "entries", "hosts", "expose"];
+const NETWORK_KEYS: &[&str] = &["mode", "entries", "hosts", "expose", "max_connections"];
+
+/// The default cap on a session's concurrent network connections.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 
 /// Which runtime turns the session into a running machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,6 +145,8 @@ pub struct NetworkConfig {
     pub hosts: std::collections::BTreeMap<String, std::net::IpAddr>,
     /// Guest ports reachable from the host's loopback: (host port, guest port).
     pub expose: Vec<(u16, u16)>,
+    /// The most connections open at once (beyond it: a reset).
+    pub max_connections: u32,
 }
 
 impl Default for NetworkConfig {
@@ -154,6 +159,7 @@ impl Default for NetworkConfig {
                 .collect(),
             hosts: Default::default(),
             expose: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -561,6 +567,9 @@ impl Config {
             c.unknown_keys(t, "network", NETWORK_KEYS);
             if let Some(m) = c.choice(t, "network", "mode", NetworkMode::ALLOWED) {
                 config.network.mode = m;
+            }
+            if let Some(n) = c.integer(t, "network", "max_connections", 1..65_537) {
+                config.network.max_connections = n as u32;
             }
             if let Some(list) = c.string_array(t, "network", "entries", "\"github.com\"") {
                 config.network.entries.clear();

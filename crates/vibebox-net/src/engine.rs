@@ -8,12 +8,20 @@
 //! then relayed through a host socket that the engine opens itself, to the
 //! name resolved on the host. Everything else gets a TCP reset (or, for UDP,
 //! an ICMP port unreachable) at once. Every decision is logged.
+//!
+//! Fail closed: guest bytes to a name leave the host only once
+//! [`crate::sniff::Inspector`] classified them (a complete ClientHello or
+//! request head naming that name, SSH, git, or a server-first protocol).
+//! Bounded: at most [`EngineConfig::max_connections`] connections (beyond it,
+//! a reset and a summarised log line), fixed buffers per connection, no
+//! thread per connection (names resolve on a small fixed pool, connects are
+//! non-blocking and polled), and a rate-limited log.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant as StdInstant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -26,9 +34,10 @@ use smoltcp::wire::{
 };
 use vibebox_core::policy::{Policy, Verdict};
 
-use crate::log::{EventKind, NetworkEvent};
-use crate::sniff::{claim, Claim};
+use crate::log::{EventKind, NetworkEvent, RateLimitedLog};
+use crate::sniff::{Decision, Inspector, SERVER_FIRST_WAIT};
 use crate::synthetic::SyntheticPool;
+use crate::upstream::{Dialer, Resolved, Resolver};
 
 /// The engine's own address on the guest's network (gateway and DNS).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 2);
@@ -39,10 +48,15 @@ pub const PREFIX: u8 = 24;
 /// The engine's MAC address.
 pub const GATEWAY_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x76, 0x62, 0x02];
 
-/// How long the engine waits for the first bytes of a connection (to check a
-/// TLS SNI or HTTP Host) before connecting anyway (server-speaks-first protocols).
-const FIRST_BYTES_WAIT: Duration = Duration::from_millis(300);
-const BUF: usize = 256 * 1024;
+/// Each direction of a connection buffers at most this much in the engine's
+/// stack, and as much again on its way to the host socket.
+pub const BUF: usize = 256 * 1024;
+/// The default cap on a session's concurrent connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Guest bytes an inspector may hold while it waits (for a server's first
+/// bytes or answer to an Upgrade); past it, the guest is not read (TCP
+/// backpressure).
+const HOLD_MAX: usize = 256 * 1024;
 
 /// What the engine needs to know.
 #[derive(Debug, Clone)]
@@ -52,6 +66,8 @@ pub struct EngineConfig {
     /// Resolver overrides (`[network] hosts`): the user's explicit choice,
     /// honoured even for loopback.
     pub hosts: HashMap<String, IpAddr>,
+    /// The most connections (guest's and forwarded) open at once.
+    pub max_connections: usize,
 }
 
 /// A smoltcp device made of two frame queues: frames received (from QEMU)
@@ -126,19 +142,17 @@ impl Target {
 }
 
 enum Phase {
-    /// Waiting for the handshake and the first bytes.
-    Waiting { since: StdInstant, first: Vec<u8> },
+    /// Waiting for the handshake and the guest's first classified bytes.
+    Waiting {
+        since: StdInstant,
+        established: Option<StdInstant>,
+    },
+    /// The name is being resolved on the host.
+    Resolving { result: Receiver<Resolved> },
     /// The host connection is being opened.
-    Connecting {
-        first: Vec<u8>,
-        result: Receiver<io::Result<TcpStream>>,
-    },
+    Connecting { dialer: Dialer },
     /// Relaying both ways.
-    Relaying {
-        host: TcpStream,
-        to_host: Vec<u8>,
-        host_eof: bool,
-    },
+    Relaying { host: TcpStream, host_eof: bool },
     /// Finished: remove.
     Done,
 }
@@ -148,6 +162,14 @@ struct Conn {
     target: Target,
     dest: SocketAddr,
     phase: Phase,
+    /// Checks guest bytes to a name (none for raw addresses and forwards).
+    inspector: Option<Inspector>,
+    /// Classified guest bytes on their way to the host socket.
+    to_host: Vec<u8>,
+    /// Done, and the stack has had one poll to send its reset or FIN.
+    reaped: bool,
+    /// The guest address whose SYN this socket was made for.
+    syn_from: Option<SocketAddr>,
     up: u64,
     down: u64,
 }
@@ -163,7 +185,8 @@ pub struct Engine {
     conns: Vec<Conn>,
     forwards: Vec<(std::net::TcpListener, u16)>,
     next_local_port: u16,
-    log: Box<dyn FnMut(&NetworkEvent) + Send>,
+    log: RateLimitedLog,
+    resolver: Resolver,
     epoch: StdInstant,
 }
 
@@ -214,8 +237,10 @@ impl Engine {
             // Cannot happen with a fresh socket; keep going without DNS.
             let _ = e;
         }
+        let resolver = Resolver::new(cfg.hosts.clone(), cfg.policy.clone());
         Engine {
             cfg,
+            resolver,
             pool: SyntheticPool::default(),
             iface,
             device,
@@ -224,7 +249,7 @@ impl Engine {
             conns: Vec::new(),
             forwards: Vec::new(),
             next_local_port: 49152,
-            log,
+            log: RateLimitedLog::new(log),
             epoch,
         }
     }
@@ -245,6 +270,17 @@ impl Engine {
         for i in 0..self.forwards.len() {
             while let Ok((host, from)) = self.forwards[i].0.accept() {
                 any = true;
+                if self.conns.len() >= self.cfg.max_connections {
+                    // Dropping `host` closes it: the host's client sees a reset.
+                    self.log.log(&now_event(
+                        EventKind::Tcp,
+                        None,
+                        format!("{from} -> guest:{}", self.forwards[i].1),
+                        Verdict::Deny,
+                        "too many connections",
+                    ));
+                    continue;
+                }
                 let guest_port = self.forwards[i].1;
                 let _ = host.set_nonblocking(true);
                 let _ = host.set_nodelay(true);
@@ -269,7 +305,7 @@ impl Engine {
                     continue;
                 }
                 let handle = self.sockets.add(socket);
-                (self.log)(&now_event(
+                self.log.log(&now_event(
                     EventKind::Tcp,
                     None,
                     format!("{from} -> guest:{guest_port}"),
@@ -282,9 +318,12 @@ impl Engine {
                     dest,
                     phase: Phase::Relaying {
                         host,
-                        to_host: Vec::new(),
                         host_eof: false,
                     },
+                    inspector: None,
+                    to_host: Vec::new(),
+                    reaped: false,
+                    syn_from: None,
                     up: 0,
                     down: 0,
                 });
@@ -334,7 +373,7 @@ impl Engine {
                 None,
             )
         };
-        (self.log)(&now_event(
+        self.log.log(&now_event(
             EventKind::Tcp,
             name,
             format!("{dst}:{port}"),
@@ -353,7 +392,7 @@ impl Engine {
         };
         if eth.ethertype() != EthernetProtocol::Ipv4 {
             if eth.ethertype() == EthernetProtocol::Ipv6 {
-                (self.log)(&now_event(
+                self.log.log(&now_event(
                     EventKind::Tcp,
                     None,
                     "IPv6".into(),
@@ -368,7 +407,7 @@ impl Engine {
         };
         let dst: Ipv4Addr = ip.dst_addr();
         if ip.next_header() == IpProtocol::Udp && dst != GATEWAY {
-            (self.log)(&now_event(
+            self.log.log(&now_event(
                 EventKind::Udp,
                 None,
                 format!("{dst}"),
@@ -388,20 +427,32 @@ impl Engine {
         }
         let src = SocketAddr::new(IpAddr::V4(ip.src_addr()), tcp.src_port());
         let dest = SocketAddr::new(IpAddr::V4(dst), tcp.dst_port());
+        // One listening socket per SYN source: several connections to one
+        // destination in the same batch of frames each get their own (a
+        // listening socket takes one connection). A retransmitted SYN finds
+        // the socket made for it.
         let known = self.conns.iter().any(|c| {
             c.dest == dest
-                && self
-                    .sockets
-                    .get::<tcp::Socket>(c.handle)
-                    .remote_endpoint()
-                    .map(|e| e.port)
-                    == Some(src.port())
+                && (c.syn_from == Some(src)
+                    || self
+                        .sockets
+                        .get::<tcp::Socket>(c.handle)
+                        .remote_endpoint()
+                        .map(|e| e.port)
+                        == Some(src.port()))
         });
-        let listening = self.conns.iter().any(|c| {
-            c.dest == dest
-                && self.sockets.get::<tcp::Socket>(c.handle).state() == tcp::State::Listen
-        });
-        if known || listening {
+        if known {
+            return;
+        }
+        if self.conns.len() >= self.cfg.max_connections {
+            // No listening socket: the stack resets it.
+            self.log.log(&now_event(
+                EventKind::Tcp,
+                None,
+                format!("{dst}:{}", tcp.dst_port()),
+                Verdict::Deny,
+                "too many connections",
+            ));
             return;
         }
         let Some(target) = self.decide_tcp(dst, tcp.dst_port()) else {
@@ -419,14 +470,19 @@ impl Engine {
             return;
         }
         let handle = self.sockets.add(socket);
+        let inspector = target.name().map(|n| Inspector::new(&n));
         self.conns.push(Conn {
             handle,
             target,
             dest,
             phase: Phase::Waiting {
                 since: StdInstant::now(),
-                first: Vec::new(),
+                established: None,
             },
+            inspector,
+            to_host: Vec::new(),
+            reaped: false,
+            syn_from: Some(src),
             up: 0,
             down: 0,
         });
@@ -445,7 +501,7 @@ impl Engine {
             };
             let socket = self.sockets.get_mut::<udp::Socket>(self.dns);
             let _ = socket.send_slice(&reply.packet, meta.endpoint);
-            (self.log)(&reply.event);
+            self.log.log(&reply.event);
         }
     }
 
@@ -454,207 +510,220 @@ impl Engine {
         let mut busy = false;
         let mut events = Vec::new();
         for i in 0..self.conns.len() {
-            let handle = self.conns[i].handle;
-            let dest = self.conns[i].dest;
-            let target = self.conns[i].target.clone();
-            let mut phase = std::mem::replace(&mut self.conns[i].phase, Phase::Done);
-            let mut up = 0u64;
-            let mut down = 0u64;
-            {
-                let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-                phase = match phase {
-                    Phase::Waiting { since, mut first } => {
-                        if socket.state() == tcp::State::Closed
-                            || socket.state() == tcp::State::TimeWait
-                        {
-                            Phase::Done
-                        } else if socket.state() == tcp::State::Listen
-                            || socket.state() == tcp::State::SynReceived
-                        {
-                            if since.elapsed() > Duration::from_secs(30) {
-                                socket.abort();
-                                Phase::Done
-                            } else {
-                                Phase::Waiting { since, first }
-                            }
-                        } else {
-                            let mut buf = [0u8; 4096];
-                            while socket.can_recv() && first.len() < 16 * 1024 {
-                                match socket.recv_slice(&mut buf) {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(n) => first.extend_from_slice(&buf[..n]),
-                                }
-                            }
-                            let c = claim(&first);
-                            let waited = since.elapsed() > FIRST_BYTES_WAIT;
-                            let name = target.name();
-                            match (c, name) {
-                                (Claim::Incomplete, _) if !waited && socket.may_recv() => {
-                                    Phase::Waiting { since, first }
-                                }
-                                (Claim::Host(claimed), Some(name)) if claimed != name => {
-                                    events.push(now_event(
-                                        EventKind::Tcp,
-                                        Some(name),
-                                        format!("{dest}"),
-                                        Verdict::Deny,
-                                        &format!("TLS SNI / HTTP Host names {claimed}"),
-                                    ));
-                                    socket.abort();
-                                    Phase::Done
-                                }
-                                (Claim::Unnamed, Some(name)) => {
-                                    events.push(now_event(
-                                        EventKind::Tcp,
-                                        Some(name),
-                                        format!("{dest}"),
-                                        Verdict::Deny,
-                                        "TLS or HTTP without a single host name",
-                                    ));
-                                    socket.abort();
-                                    Phase::Done
-                                }
-                                _ => {
-                                    busy = true;
-                                    Phase::Connecting {
-                                        first,
-                                        result: self_connect(&self.cfg, &target, dest.port()),
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Phase::Connecting { first, result } => match result.try_recv() {
-                        Ok(Ok(host)) => {
-                            let _ = host.set_nonblocking(true);
-                            let _ = host.set_nodelay(true);
-                            busy = true;
-                            up += first.len() as u64;
-                            Phase::Relaying {
-                                host,
-                                to_host: first,
-                                host_eof: false,
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            events.push(now_event(
-                                EventKind::Tcp,
-                                match &target {
-                                    Target::Name(n) => Some(n.clone()),
-                                    _ => None,
-                                },
-                                format!("{dest}"),
-                                Verdict::Deny,
-                                &format!("upstream connection failed: {e}"),
-                            ));
-                            socket.abort();
-                            Phase::Done
-                        }
-                        Err(TryRecvError::Empty) => Phase::Connecting { first, result },
-                        Err(TryRecvError::Disconnected) => {
-                            socket.abort();
-                            Phase::Done
-                        }
-                    },
-                    Phase::Relaying {
-                        mut host,
-                        mut to_host,
-                        mut host_eof,
-                    } => {
-                        // Guest -> host.
-                        let mut buf = [0u8; 16 * 1024];
-                        while to_host.len() < BUF && socket.can_recv() {
-                            match socket.recv_slice(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => {
-                                    up += n as u64;
-                                    to_host.extend_from_slice(&buf[..n]);
-                                }
-                            }
-                        }
-                        while !to_host.is_empty() {
-                            match host.write(&to_host) {
-                                Ok(0) => break,
-                                Ok(n) => {
-                                    to_host.drain(..n);
-                                    busy = true;
-                                }
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                                Err(_) => {
-                                    host_eof = true;
-                                    to_host.clear();
-                                }
-                            }
-                        }
-                        let opened = !matches!(
-                            socket.state(),
-                            tcp::State::SynSent | tcp::State::SynReceived | tcp::State::Listen
-                        );
-                        if opened && !socket.may_recv() && to_host.is_empty() {
-                            let _ = host.shutdown(std::net::Shutdown::Write);
-                        }
-                        // Host -> guest.
-                        while !host_eof && socket.can_send() {
-                            let room = socket.send_capacity() - socket.send_queue();
-                            let mut chunk = vec![0u8; room.min(buf.len())];
-                            match host.read(&mut chunk) {
-                                Ok(0) => host_eof = true,
-                                Ok(n) => {
-                                    down += n as u64;
-                                    let _ = socket.send_slice(&chunk[..n]);
-                                    busy = true;
-                                }
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                                Err(_) => host_eof = true,
-                            }
-                        }
-                        if host_eof
-                            && socket.send_queue() == 0
-                            && socket.state() != tcp::State::Closed
-                        {
-                            socket.close();
-                        }
-                        let finished =
-                            matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait)
-                                || (host_eof && !socket.may_recv() && !socket.may_send());
-                        if finished {
-                            Phase::Done
-                        } else {
-                            Phase::Relaying {
-                                host,
-                                to_host,
-                                host_eof,
-                            }
-                        }
-                    }
-                    Phase::Done => Phase::Done,
-                };
+            let conn = &mut self.conns[i];
+            if conn.reaped {
+                continue;
             }
-            self.conns[i].up += up;
-            self.conns[i].down += down;
-            self.conns[i].phase = phase;
+            let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+            let phase = std::mem::replace(&mut conn.phase, Phase::Done);
+            let mut refuse = |conn: &mut Conn, socket: &mut tcp::Socket, reason: &str| {
+                events.push(now_event(
+                    EventKind::Tcp,
+                    conn.target.name(),
+                    format!("{}", conn.dest),
+                    Verdict::Deny,
+                    reason,
+                ));
+                socket.abort();
+                Phase::Done
+            };
+            // Guest -> inspector -> to_host, in every phase once established.
+            let opened = !matches!(
+                socket.state(),
+                tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed
+            );
+            if opened && !matches!(phase, Phase::Done) {
+                let mut buf = [0u8; 16 * 1024];
+                let held =
+                    |c: &Conn| c.to_host.len() + c.inspector.as_ref().map_or(0, |i| i.held());
+                while held(conn) < HOLD_MAX.min(BUF) && socket.can_recv() {
+                    match socket.recv_slice(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            conn.up += n as u64;
+                            busy = true;
+                            match conn.inspector.as_mut() {
+                                Some(insp) => insp.push(&buf[..n]),
+                                None => conn.to_host.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                    }
+                }
+                if let Some(insp) = conn.inspector.as_mut() {
+                    match insp.take() {
+                        Decision::Forward(bytes) => conn.to_host.extend(bytes),
+                        Decision::Refuse(reason) => {
+                            let why = format!("refused: {reason}");
+                            conn.phase = refuse(conn, socket, &why);
+                            continue;
+                        }
+                    }
+                }
+            }
+            conn.phase = match phase {
+                Phase::Waiting { since, established } => {
+                    let state = socket.state();
+                    if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
+                        Phase::Done
+                    } else if matches!(state, tcp::State::Listen | tcp::State::SynReceived) {
+                        if since.elapsed() > Duration::from_secs(30) {
+                            socket.abort();
+                            Phase::Done
+                        } else {
+                            Phase::Waiting { since, established }
+                        }
+                    } else {
+                        let established = established.unwrap_or_else(StdInstant::now);
+                        let silent = conn.inspector.as_ref().is_some_and(Inspector::untouched)
+                            && established.elapsed() > SERVER_FIRST_WAIT;
+                        let ready = match &conn.inspector {
+                            // Raw addresses allowed by an entry: nothing to check.
+                            None => true,
+                            Some(_) => !conn.to_host.is_empty() || silent,
+                        };
+                        if silent {
+                            if let Some(insp) = conn.inspector.as_mut() {
+                                insp.server_first();
+                            }
+                        }
+                        if !ready && !socket.may_recv() {
+                            // The guest closed before saying anything useful.
+                            socket.abort();
+                            Phase::Done
+                        } else if ready {
+                            busy = true;
+                            match &conn.target {
+                                Target::Name(name) => Phase::Resolving {
+                                    result: self.resolver.resolve(name, conn.dest.port()),
+                                },
+                                Target::Addr(a) => Phase::Connecting {
+                                    dialer: Dialer::new(vec![SocketAddr::new(
+                                        IpAddr::V4(*a),
+                                        conn.dest.port(),
+                                    )]),
+                                },
+                                Target::Forward => Phase::Done,
+                            }
+                        } else {
+                            Phase::Waiting {
+                                since,
+                                established: Some(established),
+                            }
+                        }
+                    }
+                }
+                Phase::Resolving { result } => match result.try_recv() {
+                    Ok(Ok(addrs)) => {
+                        busy = true;
+                        Phase::Connecting {
+                            dialer: Dialer::new(addrs),
+                        }
+                    }
+                    Ok(Err(e)) => refuse(
+                        conn,
+                        socket,
+                        &format!("cannot resolve the name on the host: {e}"),
+                    ),
+                    Err(TryRecvError::Empty) => Phase::Resolving { result },
+                    Err(TryRecvError::Disconnected) => refuse(conn, socket, "the resolver stopped"),
+                },
+                Phase::Connecting { mut dialer } => match dialer.poll() {
+                    Ok(Some(host)) => {
+                        let _ = host.set_nodelay(true);
+                        busy = true;
+                        Phase::Relaying {
+                            host,
+                            host_eof: false,
+                        }
+                    }
+                    Ok(None) => Phase::Connecting { dialer },
+                    Err(e) => refuse(conn, socket, &format!("upstream connection failed: {e}")),
+                },
+                Phase::Relaying {
+                    mut host,
+                    mut host_eof,
+                } => {
+                    while !conn.to_host.is_empty() {
+                        match host.write(&conn.to_host) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                conn.to_host.drain(..n);
+                                busy = true;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(_) => {
+                                host_eof = true;
+                                conn.to_host.clear();
+                            }
+                        }
+                    }
+                    let held = conn.inspector.as_ref().is_some_and(Inspector::holding);
+                    let handshaken = !matches!(
+                        socket.state(),
+                        tcp::State::SynSent | tcp::State::SynReceived | tcp::State::Listen
+                    );
+                    if handshaken && !socket.may_recv() && conn.to_host.is_empty() && !held {
+                        let _ = host.shutdown(std::net::Shutdown::Write);
+                    }
+                    // Host -> guest.
+                    let mut buf = [0u8; 16 * 1024];
+                    while !host_eof && socket.can_send() {
+                        let room = socket.send_capacity() - socket.send_queue();
+                        let room = room.min(buf.len());
+                        match host.read(&mut buf[..room]) {
+                            Ok(0) => host_eof = true,
+                            Ok(n) => {
+                                conn.down += n as u64;
+                                if let Some(insp) = conn.inspector.as_mut() {
+                                    insp.server_sent(&buf[..n]);
+                                }
+                                let _ = socket.send_slice(&buf[..n]);
+                                busy = true;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(_) => host_eof = true,
+                        }
+                    }
+                    if host_eof && socket.send_queue() == 0 && socket.state() != tcp::State::Closed
+                    {
+                        socket.close();
+                    }
+                    let finished =
+                        matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait)
+                            || (host_eof && !socket.may_recv() && !socket.may_send());
+                    if finished {
+                        Phase::Done
+                    } else {
+                        Phase::Relaying { host, host_eof }
+                    }
+                }
+                Phase::Done => Phase::Done,
+            };
         }
         for e in events {
-            (self.log)(&e);
+            self.log.log(&e);
         }
         let sockets = &mut self.sockets;
         let log = &mut self.log;
-        self.conns.retain(|c| {
+        self.conns.retain_mut(|c| {
             if matches!(c.phase, Phase::Done) {
+                // Keep the socket for one more poll of the stack, so that its
+                // reset (or FIN) reaches the guest: never a hang.
+                if !c.reaped {
+                    c.reaped = true;
+                    return true;
+                }
                 if c.up + c.down > 0 {
                     let mut e = now_event(
                         EventKind::Tcp,
-                        match &c.target {
-                            Target::Name(n) => Some(n.clone()),
-                            _ => None,
-                        },
+                        c.target.name(),
                         format!("{}", c.dest),
                         Verdict::Allow,
                         "closed",
                     );
                     e.bytes_up = c.up;
                     e.bytes_down = c.down;
-                    log(&e);
+                    log.log(&e);
                 }
                 sockets.remove(c.handle);
                 false
@@ -662,6 +731,7 @@ impl Engine {
                 true
             }
         });
+        self.log.tick();
         busy
     }
 
@@ -719,10 +789,10 @@ impl Engine {
     /// stack timer is due; short while connections are being set up.
     fn wait_for_work(&mut self, stream: &UnixStream) {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        let settling = self
-            .conns
-            .iter()
-            .any(|c| matches!(c.phase, Phase::Waiting { .. } | Phase::Connecting { .. }));
+        let settling = self.conns.iter().any(|c| {
+            matches!(c.phase, Phase::Waiting { .. } | Phase::Resolving { .. })
+                || c.inspector.as_ref().is_some_and(Inspector::holding)
+        });
         let mut timeout = if settling {
             Duration::from_millis(5)
         } else {
@@ -737,12 +807,13 @@ impl Engine {
             fds.push(PollFd::new(l, PollFlags::IN));
         }
         for c in &self.conns {
-            if let Phase::Relaying {
-                host,
-                to_host,
-                host_eof,
-            } = &c.phase
-            {
+            if let Phase::Connecting { dialer } = &c.phase {
+                if let Some(fd) = dialer.fd() {
+                    fds.push(PollFd::from_borrowed_fd(fd, PollFlags::OUT));
+                }
+            }
+            if let Phase::Relaying { host, host_eof } = &c.phase {
+                let to_host = &c.to_host;
                 let mut flags = PollFlags::empty();
                 // Read from the host only when the guest side has room.
                 if !host_eof && self.sockets.get::<tcp::Socket>(c.handle).can_send() {
@@ -762,42 +833,6 @@ impl Engine {
         };
         let _ = poll(&mut fds, Some(&ts));
     }
-}
-
-fn self_connect(cfg: &EngineConfig, target: &Target, port: u16) -> Receiver<io::Result<TcpStream>> {
-    let (tx, rx) = mpsc::channel();
-    let hosts = cfg.hosts.clone();
-    let policy = cfg.policy.clone();
-    let target = target.clone();
-    std::thread::spawn(move || {
-        let result = (|| {
-            let addrs: Vec<SocketAddr> = match &target {
-                Target::Addr(a) => vec![SocketAddr::new(IpAddr::V4(*a), port)],
-                Target::Forward => Vec::new(),
-                Target::Name(name) => match hosts.get(name) {
-                    // The user's explicit choice: honoured even for loopback.
-                    Some(ip) => vec![SocketAddr::new(*ip, port)],
-                    None => (name.as_str(), port)
-                        .to_socket_addrs()?
-                        .filter(|a| a.is_ipv4() && policy.accept_upstream_answer(a.ip()))
-                        .collect(),
-                },
-            };
-            let mut last = io::Error::new(
-                io::ErrorKind::NotFound,
-                "no acceptable address (rebinding protection)",
-            );
-            for a in addrs {
-                match TcpStream::connect_timeout(&a, Duration::from_secs(10)) {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
-        })();
-        let _ = tx.send(result);
-    });
-    rx
 }
 
 fn write_all_blocking(stream: &mut UnixStream, mut data: &[u8]) -> io::Result<()> {

@@ -9,7 +9,10 @@
 //!
 //! - [`engine`]: the packet engine on the guest's NIC (smoltcp), relaying
 //!   allowed connections through host sockets;
-//! - [`sniff`]: the TLS SNI or HTTP Host a connection's first bytes claim.
+//! - [`sniff`]: classifies what the guest sends to a name before any of it
+//!   leaves the host (TLS SNI, every HTTP/1 request's Host, SSH, git);
+//! - [`upstream`]: host-side name resolution on a fixed pool and
+//!   non-blocking connects.
 #![warn(missing_docs)]
 
 pub mod dns;
@@ -17,3 +20,4 @@ pub mod engine;
 pub mod log;
 pub mod sniff;
 pub mod synthetic;
+pub mod upstream;

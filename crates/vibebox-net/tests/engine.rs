@@ -221,6 +221,15 @@ fn start_with(
     hosts: &[(&str, &str)],
     forwards: Vec<(TcpListener, u16)>,
 ) -> (Guest, Arc<Mutex<Vec<NetworkEvent>>>) {
+    start_capped(entries, hosts, forwards, 256)
+}
+
+fn start_capped(
+    entries: &[&str],
+    hosts: &[(&str, &str)],
+    forwards: Vec<(TcpListener, u16)>,
+    max_connections: usize,
+) -> (Guest, Arc<Mutex<Vec<NetworkEvent>>>) {
     let policy = Policy::new(
         NetworkMode::Allowlist,
         entries
@@ -235,7 +244,11 @@ fn start_with(
     let events = Arc::new(Mutex::new(Vec::new()));
     let ev = events.clone();
     let engine = Engine::new(
-        EngineConfig { policy, hosts },
+        EngineConfig {
+            policy,
+            hosts,
+            max_connections,
+        },
         Box::new(move |e: &NetworkEvent| ev.lock().unwrap().push(e.clone())),
     )
     .with_forwards(forwards);
@@ -369,4 +382,249 @@ fn exposed_guest_ports_are_reachable_from_host_loopback() {
     }
     assert_eq!(String::from_utf8_lossy(&heard), "ping from the host");
     assert_eq!(client.join().unwrap(), "pong from the guest");
+}
+
+/// Every byte a stand-in server receives, per connection, in order.
+fn recorder() -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().take(50) {
+            let Ok(mut c) = c else { continue };
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn send(g: &mut Guest, h: SocketHandle, bytes: &[u8]) {
+    g.until(Duration::from_secs(10), |g| {
+        g.state(h) == tcp::State::Established || g.state(h) == tcp::State::Closed
+    });
+    g.sockets
+        .get_mut::<tcp::Socket>(h)
+        .send_slice(bytes)
+        .unwrap();
+}
+
+fn refused(events: &Arc<Mutex<Vec<NetworkEvent>>>, words: &str) -> bool {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.verdict == Verdict::Deny && e.reason.contains(words))
+}
+
+#[test]
+fn an_incomplete_request_that_pauses_is_never_relayed() {
+    let (port, seen) = recorder();
+    let (mut g, events) = start(&["allowed.test"], &[("allowed.test", "127.0.0.1")]);
+    let ip = g.resolve("allowed.test").unwrap();
+    let h = g.connect(ip, port);
+    send(&mut g, h, b"GET / HTTP/1.1\r\nHost: evil.test\r\nX-Pad: ");
+    // The old engine relayed unchecked bytes after a 300 ms pause.
+    g.until(Duration::from_secs(2), |_| false);
+    assert!(seen.lock().unwrap().is_empty(), "bytes went out unchecked");
+    // Incomplete at its time limit: reset and logged, still nothing sent.
+    let closed = g.until(
+        vibebox_net::sniff::CLASSIFY_TIMEOUT + Duration::from_secs(5),
+        |g| g.state(h) == tcp::State::Closed,
+    );
+    assert!(closed, "the connection was not reset");
+    assert!(seen.lock().unwrap().is_empty());
+    assert!(refused(&events, "incomplete"));
+}
+
+#[test]
+fn pipelined_and_unrecognised_bytes_are_checked() {
+    let (port, seen) = recorder();
+    let (mut g, events) = start(&["allowed.test"], &[("allowed.test", "127.0.0.1")]);
+    let ip = g.resolve("allowed.test").unwrap();
+    let h = g.connect(ip, port);
+    let good = b"GET /a HTTP/1.1\r\nHost: allowed.test\r\n\r\n";
+    let evil = b"GET /b HTTP/1.1\r\nHost: evil.test\r\n\r\n";
+    send(&mut g, h, good);
+    g.until(Duration::from_secs(2), |_| {
+        seen.lock().unwrap().len() == good.len()
+    });
+    send(&mut g, h, evil);
+    g.until(Duration::from_secs(5), |g| g.state(h) == tcp::State::Closed);
+    g.until(Duration::from_millis(500), |_| false);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        &good[..],
+        "only the checked request went out"
+    );
+    assert!(refused(&events, "names evil.test"));
+    // Bytes that are neither TLS, HTTP, SSH nor git: refused, nothing sent.
+    seen.lock().unwrap().clear();
+    for bad in [
+        &b"\r\nGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\x00\x01binary",
+    ] {
+        let h = g.connect(ip, port);
+        send(&mut g, h, bad);
+        let closed = g.until(Duration::from_secs(5), |g| g.state(h) == tcp::State::Closed);
+        assert!(closed, "{bad:?} was not reset");
+    }
+    g.until(Duration::from_millis(500), |_| false);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+#[test]
+fn server_first_protocols_work_and_hold_the_guest_until_the_server_speaks() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = l.accept() {
+            let _ = c.write_all(b"220 allowed.test ESMTP ready\r\n");
+            let mut buf = [0u8; 256];
+            if let Ok(n) = c.read(&mut buf) {
+                let _ = c.write_all(&buf[..n]);
+            }
+        }
+    });
+    let (mut g, _events) = start(&["allowed.test"], &[("allowed.test", "127.0.0.1")]);
+    let ip = g.resolve("allowed.test").unwrap();
+    let h = g.connect(ip, port);
+    let mut got = Vec::new();
+    let mut sent = false;
+    g.until(Duration::from_secs(10), |g| {
+        let s = g.sockets.get_mut::<tcp::Socket>(h);
+        let mut buf = [0u8; 256];
+        while let Ok(n) = s.recv_slice(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        if !sent && got.ends_with(b"\r\n") && s.can_send() {
+            s.send_slice(b"EHLO guest\r\n").unwrap();
+            sent = true;
+        }
+        String::from_utf8_lossy(&got).contains("EHLO guest")
+    });
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("220 allowed.test"), "{text}");
+    assert!(text.contains("EHLO guest"), "{text}");
+}
+
+#[test]
+fn connections_beyond_the_cap_are_reset_and_logged() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    // Accepts and holds every connection.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().take(20) {
+            held.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let (mut g, events) = start_capped(
+        &["allowed.test"],
+        &[("allowed.test", "127.0.0.1")],
+        Vec::new(),
+        4,
+    );
+    let ip = g.resolve("allowed.test").unwrap();
+    let handles: Vec<_> = (0..8).map(|_| g.connect(ip, port)).collect();
+    let count = |g: &Guest, s: tcp::State| handles.iter().filter(|h| g.state(**h) == s).count();
+    g.until(Duration::from_secs(10), |g| {
+        count(g, tcp::State::Established) + count(g, tcp::State::Closed) == 8
+    });
+    for h in &handles {
+        if g.state(*h) == tcp::State::Established {
+            send(&mut g, *h, b"SSH-2.0-guest\r\n");
+        }
+    }
+    g.until(Duration::from_secs(2), |_| false);
+    assert_eq!(
+        count(&g, tcp::State::Established),
+        4,
+        "exactly the cap is open"
+    );
+    assert_eq!(count(&g, tcp::State::Closed), 4, "the rest were reset");
+    assert!(refused(&events, "too many connections"));
+}
+
+/// The engine's threads while the guest holds many pending upstream connects:
+/// connects are polled, never one thread each.
+#[test]
+fn pending_connects_cost_no_threads() {
+    // A listener whose accept queue is full drops further SYNs: connects to it
+    // stay pending (loopback only).
+    let fd = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&fd, &"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap()).unwrap();
+    rustix::net::listen(&fd, 0).unwrap();
+    let listener = TcpListener::from(fd);
+    let port = listener.local_addr().unwrap().port();
+    let _fill: Vec<_> = (0..4)
+        .filter_map(|_| {
+            let s = socket2_connect_nonblocking(port);
+            std::thread::sleep(Duration::from_millis(20));
+            s
+        })
+        .collect();
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let (mut g, _events) = start_capped(
+        &["allowed.test"],
+        &[("allowed.test", "127.0.0.1")],
+        Vec::new(),
+        1000,
+    );
+    let ip = g.resolve("allowed.test").unwrap();
+    let before = threads();
+    let handles: Vec<_> = (0..200).map(|_| g.connect(ip, port)).collect();
+    g.until(Duration::from_secs(10), |g| {
+        handles
+            .iter()
+            .filter(|h| g.state(**h) == tcp::State::Established)
+            .count()
+            == 200
+    });
+    for h in &handles {
+        let _ = g
+            .sockets
+            .get_mut::<tcp::Socket>(*h)
+            .send_slice(b"SSH-2.0-guest\r\n");
+    }
+    g.until(Duration::from_secs(3), |_| false);
+    let during = threads();
+    eprintln!("threads: {before} before, {during} with 200 pending connects");
+    assert!(during < before + 20, "{before} -> {during} threads");
+}
+
+fn socket2_connect_nonblocking(port: u16) -> Option<rustix::fd::OwnedFd> {
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )
+    .ok()?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let _ = rustix::net::connect(&fd, &addr);
+    Some(fd)
 }

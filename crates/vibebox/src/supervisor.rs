@@ -327,10 +327,7 @@ fn start_engine(
     let listener = UnixListener::bind(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let path = project.logs_dir().join("network.log");
-    let mut log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
+    let mut log = vibebox_net::log::RotatingLog::open(&path, vibebox_net::log::NETWORK_LOG_MAX)
         .with_context(|| format!("cannot open {}", path.display()))?;
     // The host's SSH connections reach the guest's sshd through the engine too.
     let mut forwards = vec![(ssh, 22)];
@@ -346,9 +343,10 @@ fn start_engine(
         engine::EngineConfig {
             policy: Policy::new(config.network.mode, config.network.entries.clone()),
             hosts: config.network.hosts.clone().into_iter().collect(),
+            max_connections: config.network.max_connections as usize,
         },
         Box::new(move |e| {
-            let _ = writeln!(log, "{}", e.to_line());
+            let _ = log.write_line(&e.to_line());
         }),
     )
     .with_forwards(forwards);
