@@ -53,6 +53,9 @@ fn prepare(ctx: &Context) -> anyhow::Result<(Project, Config, SessionEntry, Star
         ),
         Found::Existing | Found::Registered => {}
     }
+    let grants = super::trust::grants(ctx, &project, &config, &hosts);
+    super::trust::ensure_accepted(ctx, &project, &entry.id, &grants)?;
+    crate::supervisor::run_root()?;
     let runtime = crate::runtime::select(config.runtime);
     if runtime.selected.is_none() {
         return Err(hinted(
@@ -60,8 +63,6 @@ fn prepare(ctx: &Context) -> anyhow::Result<(Project, Config, SessionEntry, Star
             "`vibebox explain` shows the runtime vibebox would use and why",
         ));
     }
-    let grants = super::trust::grants(ctx, &project, &config, &hosts);
-    super::trust::ensure_accepted(ctx, &project, &entry.id, &grants)?;
     let (shares, warnings) = crate::plan::shares(ctx, &project, &config, &hosts, true)?;
     for w in &warnings {
         eprintln!("vibebox: {}", vibebox_core::text::for_terminal(w));
