@@ -728,3 +728,217 @@ except Exception:
     );
     w.vm(&dir).arg("stop").assert().success();
 }
+
+/// Guest root against the files the host runs or trusts: git hooks and
+/// config, `vibebox.toml`, the agents' settings. All hold; the agent's own
+/// state and `git commit` in the box keep working.
+#[test]
+fn protected_paths_hold_against_guest_root() {
+    let _serial = lock();
+    if !vm::available() {
+        return;
+    }
+    let w = World::with_image();
+    let dir = w.project("proj");
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .args(["-c", "user.email=t@t", "-c", "user.name=t"])
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("git runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "init"]);
+    let claude = w.home().join(".claude");
+    fs::create_dir_all(claude.join("projects")).unwrap();
+    fs::write(claude.join(".credentials.json"), "CREDENTIALS\n").unwrap();
+    fs::create_dir_all(w.home().join(".codex")).unwrap();
+    // The default agent mounts need no consent.
+    let config = "[box]\nram_mb = 1024\nmounts = [\"~/.codex:~/.codex:read-write\", \"~/.claude:~/.claude:read-write\"]\n[supervisor]\nauto_shutdown_ms = 1000\n";
+    fs::write(dir.join("vibebox.toml"), config).unwrap();
+    let script = r##"
+        cd ~/proj
+        echo work > work.txt && git add work.txt && git -c user.email=b@b -c user.name=b commit -qm work && echo COMMIT-OK
+        echo '{"s":1}' > ~/.claude/projects/state.json && echo AGENT-STATE-OK
+        grep -q CREDENTIALS ~/.claude/.credentials.json && echo CREDENTIALS-READABLE
+        sudo sh -c 'printf "[network]\nmode = \"blocklist\"\n" >> vibebox.toml' 2>/dev/null && echo TOML-WRITABLE
+        sudo mv vibebox.toml v2 2>/dev/null && echo TOML-RENAMED
+        sudo rm -f vibebox.toml 2>/dev/null; test -f vibebox.toml || echo TOML-REMOVED
+        sudo sh -c 'echo "#!/bin/sh" > .git/hooks/post-checkout' 2>/dev/null && echo HOOK-WRITABLE
+        sudo sh -c 'printf "[core]\n\tfsmonitor = touch /tmp/pwned\n" >> .git/config' 2>/dev/null && echo GITCONFIG-WRITABLE
+        sudo rm -rf .git/hooks .git/config 2>/dev/null; test -f .git/config || echo GITCONFIG-REMOVED
+        sudo mv .git .git-old 2>/dev/null && echo GITDIR-RENAMED
+        sudo mkdir .git/modules/evil 2>/dev/null && echo NEW-MODULE
+        sudo umount .git/hooks 2>/dev/null; sudo touch .git/hooks/x 2>/dev/null && echo HOOK-AFTER-UMOUNT
+        sudo sh -c 'echo "{\"hooks\":{}}" > ~/.claude/settings.json' 2>/dev/null && echo CLAUDE-SETTINGS-WRITABLE
+        sudo sh -c 'echo x > ~/.claude/settings.local.json' 2>/dev/null && echo CLAUDE-LOCAL-WRITABLE
+        sudo mkdir ~/.claude/hooks/x 2>/dev/null && echo CLAUDE-HOOKS-WRITABLE
+        sudo mv ~/.claude/settings.json ~/.claude/s2 2>/dev/null && echo CLAUDE-SETTINGS-RENAMED
+        sudo sh -c 'echo "notify = [\"sh\"]" >> ~/.codex/config.toml' 2>/dev/null && echo CODEX-CONFIG-WRITABLE
+        echo done
+    "##;
+    let out = w
+        .vm(&dir)
+        .args(["exec", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("done"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for good in ["COMMIT-OK", "AGENT-STATE-OK", "CREDENTIALS-READABLE"] {
+        assert!(text.contains(good), "{good} missing:\n{text}");
+    }
+    for bad in [
+        "TOML-WRITABLE",
+        "TOML-RENAMED",
+        "TOML-REMOVED",
+        "HOOK-WRITABLE",
+        "GITCONFIG-WRITABLE",
+        "GITCONFIG-REMOVED",
+        "GITDIR-RENAMED",
+        "NEW-MODULE",
+        "HOOK-AFTER-UMOUNT",
+        "CLAUDE-SETTINGS-WRITABLE",
+        "CLAUDE-LOCAL-WRITABLE",
+        "CLAUDE-HOOKS-WRITABLE",
+        "CLAUDE-SETTINGS-RENAMED",
+        "CODEX-CONFIG-WRITABLE",
+    ] {
+        assert!(!text.contains(bad), "{bad} in:\n{text}");
+    }
+    // On the host: the commit is there, nothing the host runs changed.
+    assert!(git(&["log", "--oneline"]).contains("work"));
+    assert_eq!(
+        fs::read_to_string(dir.join("vibebox.toml")).unwrap(),
+        config
+    );
+    assert!(!fs::read_to_string(dir.join(".git/config"))
+        .unwrap()
+        .contains("fsmonitor"));
+    assert_eq!(
+        fs::read_dir(dir.join(".git/hooks"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() == "post-checkout")
+            .count(),
+        0
+    );
+    assert_eq!(
+        fs::read_to_string(claude.join("settings.json")).unwrap(),
+        "{}\n"
+    );
+    assert_eq!(fs::read_dir(claude.join("hooks")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_to_string(w.home().join(".codex/config.toml")).unwrap(),
+        ""
+    );
+    assert!(claude.join("projects/state.json").is_file());
+    w.vm(&dir).arg("stop").assert().success();
+}
+
+/// 20 clients starting one stopped session at once, then 50 on the running
+/// box: every one succeeds (one shared SSH connection, not 50 handshakes).
+#[test]
+fn many_clients_at_once_all_succeed() {
+    let _serial = lock();
+    if !vm::available() {
+        return;
+    }
+    let w = World::with_image();
+    let dir = w.project("crowd");
+    write_config(&dir, "", 30_000);
+    let exe = assert_cmd::cargo::cargo_bin("vibebox");
+    let run = |n: usize| {
+        let children: Vec<_> = (0..n)
+            .map(|i| {
+                Command::new(&exe)
+                    .args(["exec", "--", "echo", &format!("client-{i}")])
+                    .current_dir(&dir)
+                    .env("HOME", w.home())
+                    .env("VIBEBOX_HOME", w.vibebox_home())
+                    .env("PATH", vm::test_path())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("vibebox runs")
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for (i, c) in children.into_iter().enumerate() {
+            let out = c.wait_with_output().unwrap();
+            let text = stdout(&out);
+            if !out.status.success() || text.trim() != format!("client-{i}") {
+                failures.push(format!(
+                    "client {i}: {:?} {text:?} {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        failures
+    };
+    let failures = run(20);
+    assert!(
+        failures.is_empty(),
+        "on a stopped box:\n{}",
+        failures.join("\n")
+    );
+    let failures = run(50);
+    assert!(
+        failures.is_empty(),
+        "on a running box:\n{}",
+        failures.join("\n")
+    );
+    w.vm(&dir).arg("stop").assert().success();
+}
+
+/// A repository that ships `.vibebox/disk.qcow2` whose header names an
+/// external data file (a host file QEMU would write) is refused.
+#[test]
+fn a_shipped_disk_naming_an_external_data_file_is_refused() {
+    let _serial = lock();
+    if !vm::available() {
+        return;
+    }
+    let w = World::with_image();
+    let dir = w.project("shipped");
+    write_config(&dir, "", 1000);
+    let state = dir.join(".vibebox");
+    fs::create_dir_all(&state).unwrap();
+    let victim = w.root().join("victim.txt");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o"])
+        .arg(format!("data_file={},data_file_raw=on", victim.display()))
+        .arg(state.join("disk.qcow2"))
+        .arg("64M")
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    fs::write(&victim, "VICTIM\n").unwrap();
+    // The base it claims to be made on is the real one, so only the header
+    // check stands in the way.
+    let manifest: toml::Table = fs::read_to_string(
+        w.vibebox_home()
+            .join("images/debian-bookworm/manifest.toml"),
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let sha = manifest["sha256"]["disk.img"].as_str().unwrap();
+    fs::write(state.join("disk.base"), sha).unwrap();
+    let out = w.vm(&dir).args(["exec", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("external data file"), "{err}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "VICTIM\n");
+}
