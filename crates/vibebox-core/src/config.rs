@@ -917,6 +917,20 @@ mod tests {
     }
 
     #[test]
+    fn protect_and_max_connections() {
+        let c = parse("[box]\nprotect = [\"secrets/\", \"~/.aws\"]\n[network]\nmax_connections = 16\n").unwrap();
+        assert_eq!(c.protect, vec!["secrets/", "~/.aws"]);
+        assert_eq!(c.network.max_connections, 16);
+        assert_eq!(Config::default().network.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let p = one_problem("[box]\nprotect = [\"a\\u001bb\"]\n");
+        assert_eq!(p.key.as_deref(), Some("box.protect[0]"));
+        let p = one_problem("[box]\nprotect = [\"~root/x\"]\n");
+        assert_eq!(p.key.as_deref(), Some("box.protect[0]"));
+        let p = one_problem("[network]\nmax_connections = 0\n");
+        assert_eq!(p.key.as_deref(), Some("network.max_connections"));
+    }
+
+    #[test]
     fn reports_every_problem_at_once() {
         let e = parse("[box]\ncpu_count = 0\nram = 1\n[network]\nmode = 3\n").unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
