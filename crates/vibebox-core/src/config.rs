@@ -698,41 +698,6 @@ impl Config {
         Config::parse(&src, file).map_err(ConfigLoadError::Invalid)
     }
 
-    /// Checks that the host side of every mount exists; needed before a start.
-    pub fn check_mount_hosts(
-        &self,
-        file: &Path,
-        host_home: &Path,
-        project_dir: &Path,
-    ) -> Result<(), FileProblems> {
-        let problems: Vec<FileProblem> = self
-            .mounts
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                let host = mounts::host_path(&m.spec.host, host_home, project_dir);
-                if host.exists() {
-                    return None;
-                }
-                Some(FileProblem {
-                    file: file.to_path_buf(),
-                    location: m.location,
-                    key: Some(format!("box.mounts[{i}]")),
-                    message: format!("the host path {} does not exist", host.display()),
-                    help: Some(format!(
-                        "create it (mkdir -p {}) or remove the entry from box.mounts",
-                        host.display()
-                    )),
-                })
-            })
-            .collect();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(FileProblems(problems))
-        }
-    }
-
     /// The mount specs without their positions.
     pub fn mount_specs(&self) -> Vec<MountSpec> {
         self.mounts.iter().map(|m| m.spec.clone()).collect()
@@ -918,10 +883,15 @@ mod tests {
 
     #[test]
     fn protect_and_max_connections() {
-        let c = parse("[box]\nprotect = [\"secrets/\", \"~/.aws\"]\n[network]\nmax_connections = 16\n").unwrap();
+        let c =
+            parse("[box]\nprotect = [\"secrets/\", \"~/.aws\"]\n[network]\nmax_connections = 16\n")
+                .unwrap();
         assert_eq!(c.protect, vec!["secrets/", "~/.aws"]);
         assert_eq!(c.network.max_connections, 16);
-        assert_eq!(Config::default().network.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(
+            Config::default().network.max_connections,
+            DEFAULT_MAX_CONNECTIONS
+        );
         let p = one_problem("[box]\nprotect = [\"a\\u001bb\"]\n");
         assert_eq!(p.key.as_deref(), Some("box.protect[0]"));
         let p = one_problem("[box]\nprotect = [\"~root/x\"]\n");
@@ -934,19 +904,6 @@ mod tests {
     fn reports_every_problem_at_once() {
         let e = parse("[box]\ncpu_count = 0\nram = 1\n[network]\nmode = 3\n").unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
-    }
-
-    #[test]
-    fn missing_mount_hosts_are_reported_with_their_line() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("here")).unwrap();
-        let c = parse("[box]\nmounts = [\n \"~/here:/a\",\n \"~/gone:/b\",\n]\n").unwrap();
-        let e = c
-            .check_mount_hosts(Path::new("/p/vibebox.toml"), dir.path(), Path::new("/p"))
-            .unwrap_err();
-        assert_eq!(e.0.len(), 1);
-        assert_eq!(e.0[0].key.as_deref(), Some("box.mounts[1]"));
-        assert_eq!(e.0[0].location.unwrap().line, 4);
     }
 
     proptest! {

@@ -38,6 +38,11 @@ pub fn ensure_overlay(base: &Path, overlay: &Path, disk_gb: u32) -> Result<bool,
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| VmError::Setup(format!("cannot protect {}: {e}", tmp.display())))?;
+    }
     std::fs::rename(&tmp, overlay)
         .map_err(|e| VmError::Setup(format!("cannot create {}: {e}", overlay.display())))?;
     Ok(true)
@@ -149,8 +154,11 @@ mod tests {
         let overlay = dir.path().join("disk.qcow2");
         match ensure_overlay(&base, &overlay, 1) {
             Ok(created) => {
+                use std::os::unix::fs::PermissionsExt;
                 assert!(created);
                 check_overlay(&overlay).unwrap();
+                let mode = std::fs::metadata(&overlay).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600);
             }
             Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{e}"),
             Err(e) => eprintln!("skipped (no qemu-img here): {e}"),

@@ -907,6 +907,31 @@ mod tests {
     use super::b64;
 
     #[test]
+    fn the_console_log_is_capped() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("console.sock");
+        let log = dir.path().join("console.log");
+        super::start_console_log(&socket, &log).unwrap();
+        let mut qemu = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let line = [b'x'; 1023];
+        for _ in 0..(super::CONSOLE_LOG_MAX as usize * 5 / 2 / 1024) {
+            qemu.write_all(&line).unwrap();
+            qemu.write_all(b"\n").unwrap();
+        }
+        drop(qemu);
+        let total = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let start = std::time::Instant::now();
+        while total(&log) == 0 && start.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(total(&log) <= super::CONSOLE_LOG_MAX);
+        assert!(total(&log.with_extension("log.1")) <= super::CONSOLE_LOG_MAX);
+        assert!(total(&log.with_extension("log.1")) > 0, "it rotated");
+    }
+
+    #[test]
     fn base64_matches_the_standard_alphabet() {
         assert_eq!(b64(b""), "");
         assert_eq!(b64(b"f"), "Zg==");

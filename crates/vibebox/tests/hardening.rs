@@ -212,6 +212,18 @@ fn a_mount_source_inside_the_project_that_is_a_symlink_is_refused() {
     );
 }
 
+fn exec_with_run_dir(
+    w: &World,
+    dir: &std::path::Path,
+    run: &std::path::Path,
+) -> std::process::Output {
+    w.vibebox(dir)
+        .env("XDG_RUNTIME_DIR", run)
+        .args(["exec", "--", "true"])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_run_directory_others_can_write_is_refused() {
     let w = World::new();
@@ -219,12 +231,7 @@ fn a_run_directory_others_can_write_is_refused() {
     let run = w.root().join("xdg");
     fs::create_dir_all(run.join("vibebox")).unwrap();
     fs::set_permissions(run.join("vibebox"), fs::Permissions::from_mode(0o777)).unwrap();
-    let out = w
-        .vibebox(&dir)
-        .env("XDG_RUNTIME_DIR", &run)
-        .args(["exec", "--", "true"])
-        .output()
-        .unwrap();
+    let out = exec_with_run_dir(&w, &dir, &run);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -234,12 +241,7 @@ fn a_run_directory_others_can_write_is_refused() {
     // A symlink planted in its place is refused too.
     fs::remove_dir(run.join("vibebox")).unwrap();
     std::os::unix::fs::symlink(w.root(), run.join("vibebox")).unwrap();
-    let out = w
-        .vibebox(&dir)
-        .env("XDG_RUNTIME_DIR", &run)
-        .args(["exec", "--", "true"])
-        .output()
-        .unwrap();
+    let out = exec_with_run_dir(&w, &dir, &run);
     assert!(
         stderr(&out).contains("is not a directory"),
         "{}",
@@ -299,4 +301,99 @@ fn names_from_a_repository_never_reach_the_terminal_raw() {
     let text = stdout(&out);
     assert!(!text.contains('\u{1b}'), "raw escape in: {text:?}");
     assert!(text.contains("\\u{1b}]0;pwned"), "{text}");
+}
+
+/// At a terminal, the start shows what is new and asks; "n" starts nothing
+/// and records nothing, "y" records the consent.
+#[test]
+fn at_a_terminal_the_start_asks() {
+    let script = std::path::Path::new("/usr/bin/script");
+    if !script.exists() {
+        assert!(std::env::var("CI").is_err(), "CI needs `script` (bsdutils)");
+        eprintln!("skipped: no /usr/bin/script");
+        return;
+    }
+    let w = World::new();
+    let dir = w.project("cloned");
+    fs::write(dir.join("vibebox.toml"), HOSTILE_CONFIG).unwrap();
+    let exe = assert_cmd::cargo::cargo_bin("vibebox");
+    let at_terminal = |answer: &str| {
+        let mut child = std::process::Command::new(script)
+            .args([
+                "-qec",
+                &format!("{} exec -- true", exe.display()),
+                "/dev/null",
+            ])
+            .current_dir(&dir)
+            .env("HOME", w.home())
+            .env("VIBEBOX_HOME", w.vibebox_home())
+            .env("PATH", w.root().join("no-programs"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // Answer once the question is on the screen.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        std::io::Write::write_all(&mut stdin, answer.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = at_terminal("n\n");
+    assert!(
+        text.contains("Accept these and start the box? [y/N]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("you did not accept the config; nothing was started"),
+        "{text}"
+    );
+    assert!(!w.vibebox_home().join("trust").exists());
+    let text = at_terminal("y\n");
+    assert!(text.contains("Accept these and start the box?"), "{text}");
+    assert_eq!(
+        fs::read_dir(w.vibebox_home().join("trust"))
+            .unwrap()
+            .count(),
+        1,
+        "{text}"
+    );
+    // Accepted: the next start asks nothing (and stops at the missing QEMU).
+    let out = w
+        .vibebox(&dir)
+        .args(["exec", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("cannot start session"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_run_directory_of_another_user_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: only root can give a directory to another user");
+        return;
+    }
+    let w = World::new();
+    let dir = w.project("p");
+    let run = w.root().join("xdg");
+    fs::create_dir_all(run.join("vibebox")).unwrap();
+    fs::set_permissions(run.join("vibebox"), fs::Permissions::from_mode(0o700)).unwrap();
+    rustix::fs::chown(
+        run.join("vibebox"),
+        Some(rustix::fs::Uid::from_raw(65534)),
+        Some(rustix::fs::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let out = exec_with_run_dir(&w, &dir, &run);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("belongs to another user"),
+        "{}",
+        stderr(&out)
+    );
 }

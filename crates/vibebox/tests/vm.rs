@@ -28,6 +28,23 @@ fn write_config(dir: &std::path::Path, extra_box: &str, grace_ms: u64) {
     .unwrap();
 }
 
+/// Runs `script` with `sh -c` in the box of `dir`; it must end by printing
+/// `done`. Returns what it printed.
+fn run_script(w: &World, dir: &std::path::Path, script: &str) -> String {
+    let out = w
+        .vm(dir)
+        .args(["exec", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("done"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 fn session_state(w: &World, dir: &std::path::Path) -> (String, u64) {
     let list = w.list_json(dir);
     let row = &list[0];
@@ -229,17 +246,7 @@ fn mounts_cannot_be_escaped_from_guest_root() {
         sudo cat /home/vibecoder/host-secret.txt 2>/dev/null
         echo done
     "#;
-    let out = w
-        .vm(&dir)
-        .args(["exec", "--", "sh", "-c", script])
-        .output()
-        .unwrap();
-    let text = stdout(&out);
-    assert!(
-        text.contains("done"),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_script(&w, &dir, script);
     for bad in [
         "RO-WRITE-SUCCEEDED",
         "RO-CREATE-SUCCEEDED",
@@ -780,17 +787,7 @@ fn protected_paths_hold_against_guest_root() {
         sudo sh -c 'echo "notify = [\"sh\"]" >> ~/.codex/config.toml' 2>/dev/null && echo CODEX-CONFIG-WRITABLE
         echo done
     "##;
-    let out = w
-        .vm(&dir)
-        .args(["exec", "--", "sh", "-c", script])
-        .output()
-        .unwrap();
-    let text = stdout(&out);
-    assert!(
-        text.contains("done"),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_script(&w, &dir, script);
     for good in ["COMMIT-OK", "AGENT-STATE-OK", "CREDENTIALS-READABLE"] {
         assert!(text.contains(good), "{good} missing:\n{text}");
     }
