@@ -3,10 +3,11 @@
 //!
 //! In every read-write share:
 //! - the hooks and config of every git repository (`.git/hooks/`,
-//!   `.git/config`, `.git/config.worktree`, worktree configs, every module
-//!   gitdir's `hooks/` and `config`, and `.git/modules/` itself so that no new
-//!   module gitdir appears), a `.git` file (gitdir pointer) itself, and the
-//!   `.git` directory pinned so it cannot be renamed or replaced;
+//!   `.git/config`, `.git/config.worktree`, `.git/commondir`, worktree configs
+//!   and common dir pointers, every module gitdir's `hooks/`, `config` and
+//!   `commondir`, and `.git/modules/` itself so that no new module gitdir
+//!   appears), a `.git` file (gitdir pointer) itself, and the `.git`
+//!   directory pinned so it cannot be renamed or replaced;
 //! - the project's `vibebox.toml`;
 //! - the agents' settings in `~/.claude` (`settings.json`,
 //!   `settings.local.json`, `hooks/`, `commands/`, `agents/`, `plugins/`) and
@@ -237,14 +238,24 @@ impl Planner<'_, '_> {
             "git config",
             None,
         )?;
+        // `commondir` names the directory git takes config and hooks from: a
+        // box that writes one redirects the host's next `git` to a config it
+        // wrote. A placeholder naming the gitdir itself (".") changes nothing
+        // for git and cannot be rewritten.
+        self.protect(
+            g.join("commondir"),
+            GuardKind::ReadOnly,
+            "git common dir pointer",
+            Some(Placeholder::File(".\n")),
+        )?;
         if let Ok(rd) = std::fs::read_dir(g.join("worktrees")) {
             for e in rd.flatten() {
-                self.protect(
-                    e.path().join("config.worktree"),
-                    GuardKind::ReadOnly,
-                    "git worktree config",
-                    None,
-                )?;
+                for (name, why) in [
+                    ("config.worktree", "git worktree config"),
+                    ("commondir", "git common dir pointer"),
+                ] {
+                    self.protect(e.path().join(name), GuardKind::ReadOnly, why, None)?;
+                }
             }
         }
         let modules = g.join("modules");
@@ -496,14 +507,23 @@ mod tests {
             (".git/config", GuardKind::ReadOnly),
             (".git/hooks", GuardKind::ReadOnly),
             (".git/modules", GuardKind::ReadOnly),
+            (".git/commondir", GuardKind::ReadOnly),
         ] {
             assert!(
                 k.contains(&(want.0.to_string(), want.1)),
                 "{want:?} in {k:?}"
             );
         }
-        // `.git/modules` did not exist: it was made so that it could be protected.
-        assert_eq!(g.created, vec![f.proj.join(".git/modules")]);
+        // `.git/modules` and `.git/commondir` did not exist: they were made so
+        // that they could be protected.
+        assert_eq!(
+            g.created,
+            vec![f.proj.join(".git/commondir"), f.proj.join(".git/modules")]
+        );
+        assert_eq!(
+            std::fs::read_to_string(f.proj.join(".git/commondir")).unwrap(),
+            ".\n"
+        );
         assert!(f.proj.join(".git/modules").is_dir());
         // Parents come first.
         let depth: Vec<usize> = g

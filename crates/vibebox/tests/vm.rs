@@ -779,6 +779,8 @@ fn protected_paths_hold_against_guest_root() {
         sudo rm -rf .git/hooks .git/config 2>/dev/null; test -f .git/config || echo GITCONFIG-REMOVED
         sudo mv .git .git-old 2>/dev/null && echo GITDIR-RENAMED
         sudo mkdir .git/modules/evil 2>/dev/null && echo NEW-MODULE
+        sudo sh -c 'echo ../../evil > .git/commondir' 2>/dev/null && echo COMMONDIR-WRITABLE
+        sudo rm -f .git/commondir 2>/dev/null; test -f .git/commondir || echo COMMONDIR-REMOVED
         sudo umount .git/hooks 2>/dev/null; sudo touch .git/hooks/x 2>/dev/null && echo HOOK-AFTER-UMOUNT
         sudo sh -c 'echo "{\"hooks\":{}}" > ~/.claude/settings.json' 2>/dev/null && echo CLAUDE-SETTINGS-WRITABLE
         sudo sh -c 'echo x > ~/.claude/settings.local.json' 2>/dev/null && echo CLAUDE-LOCAL-WRITABLE
@@ -800,6 +802,8 @@ fn protected_paths_hold_against_guest_root() {
         "GITCONFIG-REMOVED",
         "GITDIR-RENAMED",
         "NEW-MODULE",
+        "COMMONDIR-WRITABLE",
+        "COMMONDIR-REMOVED",
         "HOOK-AFTER-UMOUNT",
         "CLAUDE-SETTINGS-WRITABLE",
         "CLAUDE-LOCAL-WRITABLE",
@@ -811,6 +815,10 @@ fn protected_paths_hold_against_guest_root() {
     }
     // On the host: the commit is there, nothing the host runs changed.
     assert!(git(&["log", "--oneline"]).contains("work"));
+    assert_eq!(
+        fs::read_to_string(dir.join(".git/commondir")).unwrap(),
+        ".\n"
+    );
     assert_eq!(
         fs::read_to_string(dir.join("vibebox.toml")).unwrap(),
         config
