@@ -32,6 +32,8 @@ use crate::plan::StartPlan;
 
 /// How long the guest may take from QEMU start to "ready" (TCG is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// The longest line the supervisor reads from the guest's control port.
+const CONTROL_LINE_MAX: usize = 4096;
 
 #[derive(Debug)]
 struct Shared {
@@ -762,8 +764,19 @@ fn start_machine(
                 BOOT_TIMEOUT.as_secs()
             );
         }
-        match reader.read_line(&mut line) {
+        // The guest's init lives on a disk the guest's root can rewrite: its
+        // lines are bounded like any input from the box.
+        let room = (CONTROL_LINE_MAX + 1).saturating_sub(line.len()) as u64;
+        let read = std::io::Read::take(&mut reader, room).read_line(&mut line);
+        if line.len() > CONTROL_LINE_MAX {
+            running.shutdown(log);
+            bail!(
+                "the guest sent a control line longer than {CONTROL_LINE_MAX} bytes; see .vibebox/logs/console.log"
+            );
+        }
+        match read {
             Ok(0) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(_) if !line.ends_with('\n') => {}
             Ok(_) => {
                 if let Some(rest) = line.trim().strip_prefix("ready ") {
                     let (kind, blob) = ssh::parse_host_key(rest)

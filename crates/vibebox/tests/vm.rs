@@ -947,3 +947,34 @@ fn a_shipped_disk_naming_an_external_data_file_is_refused() {
     assert!(err.contains("external data file"), "{err}");
     assert_eq!(fs::read_to_string(&victim).unwrap(), "VICTIM\n");
 }
+
+/// The guest's root rewrites its own init (the instance disk is the box's):
+/// on the next boot it floods the control port with an endless line. The
+/// supervisor reads at most a bounded line and refuses the boot.
+#[test]
+fn a_guest_that_floods_its_control_port_is_refused() {
+    let _serial = lock();
+    if !vm::available() {
+        return;
+    }
+    let w = World::with_image();
+    let dir = w.project("flood");
+    write_config(&dir, "", 1000);
+    // Right where the init would report ready, it sends 1 MiB without a newline.
+    let script = r#"
+        sudo sed -i 's|^echo "ready $key_type $key_blob" >&3|head -c 1048576 /dev/zero \| tr "\\\\0" a >\&3; sleep 600|' /sbin/vibebox-init
+        grep -q 'head -c 1048576' /sbin/vibebox-init && echo PATCHED
+        echo done
+    "#;
+    let text = run_script(&w, &dir, script);
+    assert!(text.contains("PATCHED"), "{text}");
+    w.vm(&dir).arg("stop").assert().success();
+    let out = w.vm(&dir).args(["exec", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("control line longer than 4096 bytes"), "{err}");
+    // The supervisor gave up and left nothing running.
+    assert!(vm::eventually(Duration::from_secs(30), || {
+        processes_mentioning(&dir.display().to_string()).is_empty()
+    }));
+}
