@@ -86,7 +86,7 @@ pub fn ensure_running(
     project: &Project,
     config: &Config,
     session: uuid::Uuid,
-    plan: &StartPlan,
+    plan: &dyn Fn() -> anyhow::Result<StartPlan>,
 ) -> anyhow::Result<Attached> {
     ensure_image(ctx, config)?;
     let socket = project.socket_path();
@@ -114,7 +114,7 @@ pub fn ensure_running(
                 rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
                     .context("cannot lock the session")?;
                 if control::status(&socket).is_none() {
-                    spawn_supervisor(ctx, project, plan)?;
+                    spawn_supervisor(ctx, project, &plan()?)?;
                     while control::status(&socket).is_none() {
                         if Instant::now() > deadline {
                             bail!("the supervisor did not answer; see {}", log.display());

@@ -14,10 +14,37 @@ use crate::error::hinted;
 use crate::plan::StartPlan;
 use crate::terminal;
 
+/// What `prepare` found: the project, its checked config (and the text it
+/// was parsed from), the real host paths of its mounts, its session.
+struct Prepared {
+    project: Project,
+    config: Config,
+    config_source: String,
+    hosts: Vec<std::path::PathBuf>,
+    entry: SessionEntry,
+}
+
+impl Prepared {
+    /// The start plan, made only when a supervisor must be started: it walks
+    /// the shares to plan their protections.
+    fn plan(&self, ctx: &Context) -> anyhow::Result<StartPlan> {
+        let (shares, warnings) =
+            crate::plan::shares(ctx, &self.project, &self.config, &self.hosts, true)?;
+        for w in &warnings {
+            eprintln!("vibebox: {}", vibebox_core::text::for_terminal(w));
+        }
+        Ok(StartPlan {
+            config_file: self.project.config_path(),
+            config_source: self.config_source.clone(),
+            shares,
+            warnings,
+        })
+    }
+}
+
 /// Finds the project, writes the default config when missing, validates the
-/// config, connects the session (creating it when needed), checks consent and
-/// plans the start.
-fn prepare(ctx: &Context) -> anyhow::Result<(Project, Config, SessionEntry, StartPlan)> {
+/// config, connects the session (creating it when needed) and checks consent.
+fn prepare(ctx: &Context) -> anyhow::Result<Prepared> {
     let project = Project::find(&ctx.cwd);
     if !project.has_config() {
         // The default mounts' directories exist before the config that names
@@ -63,17 +90,13 @@ fn prepare(ctx: &Context) -> anyhow::Result<(Project, Config, SessionEntry, Star
             "`vibebox explain` shows the runtime vibebox would use and why",
         ));
     }
-    let (shares, warnings) = crate::plan::shares(ctx, &project, &config, &hosts, true)?;
-    for w in &warnings {
-        eprintln!("vibebox: {}", vibebox_core::text::for_terminal(w));
-    }
-    let plan = StartPlan {
-        config_file: project.config_path(),
+    Ok(Prepared {
+        project,
+        config,
         config_source,
-        shares,
-        warnings,
-    };
-    Ok((project, config, entry, plan))
+        hosts,
+        entry,
+    })
 }
 
 /// The exit code with which `:new` in the box asks the host for a fresh session.
@@ -85,9 +108,10 @@ const NEW_SESSION_CODE: i32 = 197;
 /// request: the person at the HOST terminal confirms it or nothing happens.
 pub fn run(ctx: &Context) -> anyhow::Result<i32> {
     loop {
-        let (project, config, entry, plan) = prepare(ctx)?;
-        let attached = attach::ensure_running(ctx, &project, &config, entry.id, &plan)?;
-        let code = attach::run_ssh(&project, &attached, None)?;
+        let p = prepare(ctx)?;
+        let (project, entry) = (&p.project, &p.entry);
+        let attached = attach::ensure_running(ctx, project, &p.config, entry.id, &|| p.plan(ctx))?;
+        let code = attach::run_ssh(project, &attached, None)?;
         drop(attached);
         if code != NEW_SESSION_CODE {
             return Ok(code);
@@ -111,7 +135,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<i32> {
             eprintln!("vibebox: stopping session {}", entry.id);
             control::stop(&project.socket_path())?;
         }
-        super::delete::remove_session(ctx, &entry)?;
+        super::delete::remove_session(ctx, entry)?;
         eprintln!(
             "vibebox: deleted session {}; starting a fresh one",
             entry.id
@@ -121,14 +145,15 @@ pub fn run(ctx: &Context) -> anyhow::Result<i32> {
 
 /// Runs `vibebox exec -- CMD ARGS…`.
 pub fn exec(ctx: &Context, command: &[String]) -> anyhow::Result<i32> {
-    let (project, config, entry, plan) = prepare(ctx)?;
-    let attached = attach::ensure_running(ctx, &project, &config, entry.id, &plan)?;
+    let p = prepare(ctx)?;
+    let project = &p.project;
+    let attached = attach::ensure_running(ctx, project, &p.config, p.entry.id, &|| p.plan(ctx))?;
     let line = command
         .iter()
         .map(|a| attach::shell_quote(a))
         .collect::<Vec<_>>()
         .join(" ");
-    attach::run_ssh(&project, &attached, Some(format!("exec {line}")))
+    attach::run_ssh(project, &attached, Some(format!("exec {line}")))
 }
 
 /// Runs `vibebox ssh-config`.
