@@ -157,6 +157,7 @@ fn is_symlink(p: &Path) -> bool {
 
 struct Planner<'a, 'c> {
     ctx: &'a ProtectContext<'c>,
+    share: PathBuf,
     out: ShareGuards,
 }
 
@@ -222,9 +223,32 @@ impl Planner<'_, '_> {
         Ok(())
     }
 
+    /// The hooks directory a `core.hooksPath` names (husky, lefthook…):
+    /// the host's git runs what is in it, so it is protected when it lies in
+    /// the share (made when missing, since the setting is already there).
+    fn hooks_path(&mut self, share: &Path, dir: PathBuf) -> Result<(), ProtectError> {
+        if dir.starts_with(share) && dir != share {
+            self.protect(
+                dir,
+                GuardKind::ReadOnly,
+                "git hooks (core.hooksPath)",
+                Some(Placeholder::Dir),
+            )?;
+        }
+        Ok(())
+    }
+
     /// A git directory (the `.git` of a repository, or a module's gitdir).
     fn git_dir(&mut self, g: &Path, pin: GuardKind) -> Result<(), ProtectError> {
         self.add(g.to_path_buf(), pin, "git directory (cannot be replaced)");
+        if pin == GuardKind::Pin {
+            // A repository's own `.git`: its worktree is the directory above.
+            let text = std::fs::read_to_string(g.join("config")).unwrap_or_default();
+            if let (Some(value), Some(worktree)) = (hooks_path_in(&text), g.parent()) {
+                let dir = hooks_dir(&value, self.ctx.host_home, worktree);
+                self.hooks_path(&self.share.clone(), dir)?;
+            }
+        }
         self.protect(g.join("config"), GuardKind::ReadOnly, "git config", None)?;
         self.protect(
             g.join("hooks"),
@@ -290,6 +314,51 @@ impl Planner<'_, '_> {
     }
 }
 
+/// The `core.hooksPath` a git config file sets, if any (the last one wins,
+/// as in git). A plain reading: `[core]` sections, `hooksPath = value` with
+/// optional quotes; includes are not followed.
+pub fn hooks_path_in(config_text: &str) -> Option<String> {
+    let mut in_core = false;
+    let mut found = None;
+    for line in config_text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            let name = line
+                .trim_start_matches('[')
+                .split([']', ' ', '"'])
+                .next()
+                .unwrap_or("");
+            in_core = name.eq_ignore_ascii_case("core") && !line.contains('"');
+            continue;
+        }
+        if !in_core {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim().eq_ignore_ascii_case("hookspath") {
+            let v = value.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            found = Some(v.to_string());
+        }
+    }
+    found
+}
+
+/// Where a `core.hooksPath` value points: `~/` is the host home, a relative
+/// path is relative to `worktree`.
+fn hooks_dir(value: &str, host_home: &Path, worktree: &Path) -> PathBuf {
+    let joined = match value.strip_prefix("~/") {
+        Some(rest) => host_home.join(rest),
+        None => worktree.join(value),
+    };
+    crate::mounts::normalize(&joined)
+}
+
 #[derive(Clone, Copy)]
 enum Placeholder {
     Dir,
@@ -307,6 +376,7 @@ pub fn plan_share(
 ) -> Result<ShareGuards, ProtectError> {
     let mut p = Planner {
         ctx,
+        share: share.to_path_buf(),
         out: ShareGuards::default(),
     };
     for h in ctx.hidden {
@@ -325,6 +395,15 @@ pub fn plan_share(
             )?;
         }
         walk(share, &mut p)?;
+        // A global `core.hooksPath` applies to every repository on the host.
+        for global in [".gitconfig", ".config/git/config"] {
+            let text = std::fs::read_to_string(ctx.host_home.join(global)).unwrap_or_default();
+            // (A relative one is relative to each repository: found above.)
+            if let Some(value) = hooks_path_in(&text).filter(|v| v.starts_with(['/', '~'])) {
+                let dir = hooks_dir(&value, ctx.host_home, ctx.host_home);
+                p.hooks_path(share, dir)?;
+            }
+        }
         for agent in AGENT_DIRS {
             let dir = ctx.host_home.join(agent.dir);
             let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
@@ -629,6 +708,34 @@ mod tests {
             "{k:?}"
         );
         assert!(k.contains(&("vbhome".into(), GuardKind::Hide)), "{k:?}");
+    }
+
+    #[test]
+    fn hooks_path_directories_are_protected() {
+        assert_eq!(
+            hooks_path_in(
+                "[core]\n\tbare = false\n\thooksPath = .husky\n[user]\n\thooksPath = x\n"
+            ),
+            Some(".husky".into())
+        );
+        assert_eq!(hooks_path_in("[core \"x\"]\nhookspath = a\n"), None);
+        assert_eq!(
+            hooks_path_in("[CORE]\nHooksPath = \"my hooks\"\n"),
+            Some("my hooks".into())
+        );
+        let f = fixture();
+        std::fs::write(f.proj.join(".git/config"), "[core]\n\thooksPath = .husky\n").unwrap();
+        let g = plan(&f, &f.proj, true, &[]).unwrap();
+        assert!(kinds(&g, &f.proj).contains(&(".husky".into(), GuardKind::ReadOnly)));
+        assert!(f.proj.join(".husky").is_dir(), "made so the box cannot");
+        // A global hooksPath inside a share.
+        std::fs::write(
+            f.home.join(".gitconfig"),
+            "[core]\n\thooksPath = ~/proj/global-hooks\n",
+        )
+        .unwrap();
+        let g = plan(&f, &f.proj, true, &[]).unwrap();
+        assert!(kinds(&g, &f.proj).contains(&("global-hooks".into(), GuardKind::ReadOnly)));
     }
 
     #[test]

@@ -759,6 +759,8 @@ fn protected_paths_hold_against_guest_root() {
     };
     git(&["init", "-q"]);
     git(&["commit", "-q", "--allow-empty", "-m", "init"]);
+    // Like husky: hooks in the worktree, named by core.hooksPath.
+    git(&["config", "core.hooksPath", ".husky"]);
     let claude = w.home().join(".claude");
     fs::create_dir_all(claude.join("projects")).unwrap();
     fs::write(claude.join(".credentials.json"), "CREDENTIALS\n").unwrap();
@@ -780,6 +782,7 @@ fn protected_paths_hold_against_guest_root() {
         sudo mv .git .git-old 2>/dev/null && echo GITDIR-RENAMED
         sudo mkdir .git/modules/evil 2>/dev/null && echo NEW-MODULE
         sudo sh -c 'echo ../../evil > .git/commondir' 2>/dev/null && echo COMMONDIR-WRITABLE
+        sudo sh -c 'echo "#!/bin/sh" > .husky/pre-commit' 2>/dev/null && echo HUSKY-WRITABLE
         sudo rm -f .git/commondir 2>/dev/null; test -f .git/commondir || echo COMMONDIR-REMOVED
         sudo umount .git/hooks 2>/dev/null; sudo touch .git/hooks/x 2>/dev/null && echo HOOK-AFTER-UMOUNT
         sudo sh -c 'echo "{\"hooks\":{}}" > ~/.claude/settings.json' 2>/dev/null && echo CLAUDE-SETTINGS-WRITABLE
@@ -803,6 +806,7 @@ fn protected_paths_hold_against_guest_root() {
         "GITDIR-RENAMED",
         "NEW-MODULE",
         "COMMONDIR-WRITABLE",
+        "HUSKY-WRITABLE",
         "COMMONDIR-REMOVED",
         "HOOK-AFTER-UMOUNT",
         "CLAUDE-SETTINGS-WRITABLE",
