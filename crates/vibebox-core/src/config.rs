@@ -55,8 +55,8 @@ mode = "allowlist"
 entries = ["github.com", "*.githubusercontent.com", "registry.npmjs.org", "api.anthropic.com"]
 "#;
 
-/// The default base image name.
-pub const DEFAULT_IMAGE: &str = "debian-bookworm";
+pub use crate::image::DEFAULT_IMAGE;
+use crate::image::{ImageName, IMAGE_NAME_RULE};
 
 const DEFAULT_ENTRIES: &[&str] = &[
     "github.com",
@@ -178,7 +178,7 @@ pub struct Config {
     /// Which runtime to use.
     pub runtime: RuntimeChoice,
     /// Base image name.
-    pub image: String,
+    pub image: ImageName,
     /// Grace period after the last client leaves, in milliseconds.
     pub auto_shutdown_ms: u64,
     /// Egress policy.
@@ -205,7 +205,7 @@ impl Default for Config {
             })
             .collect(),
             runtime: RuntimeChoice::Auto,
-            image: DEFAULT_IMAGE.to_string(),
+            image: ImageName::default(),
             auto_shutdown_ms: 20_000,
             network: NetworkConfig::default(),
             protect: Vec::new(),
@@ -534,24 +534,15 @@ impl Config {
             if let Some(r) = c.choice(t, "box", "runtime", RuntimeChoice::ALLOWED) {
                 config.runtime = r;
             }
-            let image_help =
-                "a name of letters, digits, `.`, `_` and `-`, e.g. \"debian-bookworm\"";
-            if let Some((name, span)) = c.string(t, "box", "image", image_help) {
-                let valid = !name.is_empty()
-                    && name.len() <= 64
-                    && !name.starts_with('.')
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-                if valid {
-                    config.image = name.to_string();
-                } else {
-                    c.problem(
+            if let Some((name, span)) = c.string(t, "box", "image", IMAGE_NAME_RULE) {
+                match ImageName::parse(name) {
+                    Ok(n) => config.image = n,
+                    Err(_) => c.problem(
                         span,
                         "box.image",
                         format!("\"{name}\" is not a valid image name"),
-                        format!("allowed: {image_help}"),
-                    );
+                        format!("allowed: {IMAGE_NAME_RULE}"),
+                    ),
                 }
             }
         }

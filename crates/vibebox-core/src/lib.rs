@@ -1,6 +1,7 @@
 //! vibebox-core: the pure logic of vibebox.
 //!
 //! - [`config`]: `vibebox.toml`, its schema, defaults and precise errors;
+//! - [`image`]: base image names (one rule) and their directories;
 //! - [`mounts`]: `host:guest[:mode]` strings and their resolution;
 //! - [`policy`]: network modes and entries;
 //! - [`index`]: the global session index, written atomically under a lock;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod explain;
 pub mod home;
+pub mod image;
 pub mod index;
 pub mod mounts;
 pub mod policy;

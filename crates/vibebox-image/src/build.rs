@@ -55,7 +55,7 @@ pub const PACKAGES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     /// Image name (directory under `images_dir`).
-    pub name: String,
+    pub name: vibebox_core::image::ImageName,
     /// `$VIBEBOX_HOME/images`.
     pub images_dir: PathBuf,
     /// Debian suite.
@@ -116,7 +116,7 @@ fn customize_hooks(guest: &Path, out: &Path) -> Vec<String> {
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Manifest, ImageError> {
     let started = Instant::now();
     fs::create_dir_all(&opts.images_dir).map_err(io_err("cannot create", &opts.images_dir))?;
-    remove_stale_builds(&opts.images_dir, &opts.name);
+    remove_stale_builds(&opts.images_dir, opts.name.as_str());
     let work = opts
         .images_dir
         .join(format!(".build-{}-{}", opts.name, std::process::id()));
@@ -241,7 +241,7 @@ fn build_in(
         sha256.insert(f.to_string(), sha256_file(&out.join(f))?);
     }
     let manifest = Manifest {
-        name: opts.name.clone(),
+        name: opts.name.to_string(),
         guest_version: guest_version(),
         suite: opts.suite.clone(),
         kernel,
@@ -255,7 +255,7 @@ fn build_in(
     fs::write(&mpath, text).map_err(io_err("cannot write", &mpath))?;
     check_structure(&out)?;
 
-    let target = opts.images_dir.join(&opts.name);
+    let target = opts.images_dir.join(opts.name.as_str());
     if target.exists() {
         let old = opts
             .images_dir

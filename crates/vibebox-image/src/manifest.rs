@@ -139,9 +139,9 @@ pub fn list(images_dir: &Path) -> Result<Vec<ImageInfo>, ImageError> {
 }
 
 /// Removes the image `name` from `images_dir`.
-pub fn remove(images_dir: &Path, name: &str) -> Result<(), ImageError> {
-    let dir = images_dir.join(name);
-    if name.contains('/') || name.starts_with('.') || !dir.join("manifest.toml").is_file() {
+pub fn remove(images_dir: &Path, name: &vibebox_core::image::ImageName) -> Result<(), ImageError> {
+    let dir = images_dir.join(name.as_str());
+    if !dir.join("manifest.toml").is_file() {
         return Err(ImageError::Invalid {
             name: name.to_string(),
             problem: format!("does not exist in {}", images_dir.display()),
@@ -201,9 +201,11 @@ mod tests {
             .map(|i| i.name)
             .collect();
         assert_eq!(names, vec!["a"]);
-        assert!(remove(root.path(), "no-manifest").is_err());
-        assert!(remove(root.path(), "../a").is_err());
-        remove(root.path(), "a").unwrap();
+        let name = |s: &str| vibebox_core::image::ImageName::parse(s).unwrap();
+        assert!(remove(root.path(), &name("no-manifest")).is_err());
+        // `../a` cannot even be named: ImageName refuses it.
+        assert!(vibebox_core::image::ImageName::parse("../a").is_err());
+        remove(root.path(), &name("a")).unwrap();
         assert!(list(root.path()).unwrap().is_empty());
     }
 }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use vibebox_core::config::Config;
-use vibebox_core::home::images_dir;
 use vibebox_core::mounts::project_guest_path;
 use vibebox_core::project::Project;
 use vibebox_vm::ssh;
@@ -30,7 +29,7 @@ pub struct Attached {
 
 /// Builds the base image if the config's image does not exist yet.
 pub fn ensure_image(ctx: &Context, config: &Config) -> anyhow::Result<()> {
-    let dir = images_dir(&ctx.home).join(&config.image);
+    let dir = config.image.dir(&ctx.home);
     if dir.join("manifest.toml").is_file() {
         return Ok(());
     }

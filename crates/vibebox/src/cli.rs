@@ -101,8 +101,8 @@ pub enum ImageCommand {
     /// Build a Debian guest image with mmdebstrap (about 1-2 minutes).
     Build {
         /// The image name.
-        #[arg(long, default_value = vibebox_core::config::DEFAULT_IMAGE)]
-        name: String,
+        #[arg(long, default_value = vibebox_core::image::DEFAULT_IMAGE)]
+        name: vibebox_core::image::ImageName,
         /// The apt mirror (default: Debian's).
         #[arg(long)]
         mirror: Option<String>,
@@ -116,6 +116,6 @@ pub enum ImageCommand {
     /// Remove an image.
     Rm {
         /// The image name.
-        name: String,
+        name: vibebox_core::image::ImageName,
     },
 }

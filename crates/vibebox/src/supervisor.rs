@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use vibebox_core::config::Config;
-use vibebox_core::home::images_dir;
 use vibebox_core::mounts::MountMode;
 use vibebox_core::policy::Policy;
 use vibebox_core::project::Project;
@@ -482,7 +481,7 @@ fn boot(
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Running> {
     let detail = |s: &str| set_detail(state, s);
-    let image = images_dir(&ctx.home).join(&config.image);
+    let image = config.image.dir(&ctx.home);
     for f in ["disk.img", "vmlinux", "initrd.img", "manifest.toml"] {
         if !image.join(f).is_file() {
             bail!(
@@ -588,7 +587,7 @@ fn start_machine(
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Running> {
     let detail = |s: &str| set_detail(state, s);
-    let image = images_dir(&ctx.home).join(&config.image);
+    let image = config.image.dir(&ctx.home);
     let empty = run_dir.join("empty");
     // Sockets of an earlier attempt must not be mistaken for new ones.
     if let Ok(rd) = fs::read_dir(run_dir) {

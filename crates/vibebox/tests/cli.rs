@@ -606,7 +606,8 @@ fn image_list_and_rm_without_images() {
     w.vibebox(&dir)
         .args(["image", "build", "--name", "../escape"])
         .assert()
-        .code(1)
+        // A name the one rule refuses is a usage error.
+        .code(2)
         .stderr(predicate::str::contains("not a valid image name"));
 }
 

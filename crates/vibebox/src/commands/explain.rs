@@ -1,7 +1,6 @@
 //! `vibebox explain`: what the box of this project sees.
 
 use vibebox_core::explain::{Explanation, ImageView};
-use vibebox_core::home::images_dir;
 use vibebox_core::mounts::MountSource;
 use vibebox_core::policy::NetworkMode;
 use vibebox_core::project::Project;
@@ -55,9 +54,9 @@ pub fn build_planned(
     config: &vibebox_core::config::Config,
     shares: &[crate::plan::PlannedShare],
 ) -> anyhow::Result<Explanation> {
-    let image_dir = images_dir(&ctx.home).join(&config.image);
+    let image_dir = config.image.dir(&ctx.home);
     let image = ImageView {
-        name: config.image.clone(),
+        name: config.image.to_string(),
         present: image_dir.join("manifest.toml").is_file(),
         path: image_dir,
     };

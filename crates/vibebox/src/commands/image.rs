@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::time::Instant;
 
 use vibebox_core::home::images_dir;
+use vibebox_core::image::ImageName;
 use vibebox_image::BuildOptions;
 
 use crate::cli::ImageCommand;
@@ -11,20 +12,9 @@ use crate::context::Context;
 use crate::error::hinted;
 
 /// Builds image `name`, printing each phase with the time since the start.
-pub fn build(ctx: &Context, name: &str, mirror: Option<String>) -> anyhow::Result<()> {
-    let valid = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if !valid {
-        return Err(hinted(
-            format!("`{name}` is not a valid image name"),
-            "use letters, digits, `.`, `_` and `-`",
-        ));
-    }
+pub fn build(ctx: &Context, name: &ImageName, mirror: Option<String>) -> anyhow::Result<()> {
     let opts = BuildOptions {
-        name: name.to_string(),
+        name: name.clone(),
         images_dir: images_dir(&ctx.home),
         suite: "bookworm".to_string(),
         mirror,
