@@ -13,9 +13,9 @@ use vibebox_core::project::Project;
 use vibebox_vm::ssh;
 
 use crate::context::Context;
-use crate::control::{self, Attachment, Status};
 use crate::error::hinted;
 use crate::plan::StartPlan;
+use vibebox_supervisor::protocol::{self as control, Attachment, SessionState, Status};
 
 /// A live reference to a running session.
 pub struct Attached {
@@ -100,7 +100,7 @@ pub fn ensure_running(
             );
         }
         match control::status(&socket) {
-            Some(s) if s.state == "stopping" => {
+            Some(s) if s.state == SessionState::Stopping => {
                 // The previous machine is shutting down; a new one starts after.
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
@@ -132,15 +132,15 @@ pub fn ensure_running(
                 // The supervisor went away (it was stopping): start again.
                 continue 'start;
             };
-            match status.state.as_str() {
-                "running" => {
+            match status.state {
+                SessionState::Running => {
                     return Ok(Attached {
                         _reference: attachment,
                         status,
                         session,
                     })
                 }
-                "failed" => {
+                SessionState::Failed => {
                     return Err(hinted(
                         format!(
                             "session {session} could not start: {}",
@@ -149,8 +149,8 @@ pub fn ensure_running(
                         format!("see the logs in {}", project.logs_dir().display()),
                     ))
                 }
-                "stopping" => continue 'start,
-                _ => {
+                SessionState::Stopping => continue 'start,
+                SessionState::Starting => {
                     if status.detail.is_some() && status.detail != last_detail {
                         eprintln!("vibebox: {}", status.detail.clone().unwrap_or_default());
                         last_detail = status.detail;

@@ -4,7 +4,6 @@ mod attach;
 mod cli;
 mod commands;
 mod context;
-mod control;
 mod error;
 mod plan;
 mod runtime;

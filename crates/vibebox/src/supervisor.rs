@@ -11,7 +11,6 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -20,43 +19,20 @@ use vibebox_core::mounts::MountMode;
 use vibebox_core::policy::Policy;
 use vibebox_core::project::Project;
 use vibebox_net::engine;
+use vibebox_supervisor::protocol::{self, SessionState};
+use vibebox_supervisor::server::Server;
 use vibebox_vm::kvm::KvmVerdict;
 use vibebox_vm::qemu::{Accel, Machine, Share, GUEST_NIC_MAC};
 use vibebox_vm::virtiofs::ShareSpec;
 use vibebox_vm::{disk, ssh, virtiofs};
 
 use crate::context::Context;
-use crate::control::Status;
 use crate::plan::StartPlan;
 
 /// How long the guest may take from QEMU start to "ready" (TCG is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// The longest line the supervisor reads from the guest's control port.
 const CONTROL_LINE_MAX: usize = 4096;
-
-#[derive(Debug)]
-struct Shared {
-    status: Status,
-    stop: bool,
-    zero_since: Option<Instant>,
-    generation: u64,
-}
-
-type State = Arc<(Mutex<Shared>, Condvar)>;
-
-fn update(state: &State, f: impl FnOnce(&mut Shared)) {
-    let (lock, cv) = &**state;
-    let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
-    f(&mut s);
-    s.generation += 1;
-    cv.notify_all();
-}
-
-/// Tells attached clients what the supervisor is doing.
-fn set_detail(state: &State, detail: &str) {
-    let detail = detail.to_string();
-    update(state, |s| s.status.detail = Some(detail));
-}
 
 /// Opens (creating it if needed) a file used only for `flock`.
 pub fn open_lock_file(path: &Path) -> anyhow::Result<fs::File> {
@@ -66,86 +42,6 @@ pub fn open_lock_file(path: &Path) -> anyhow::Result<fs::File> {
         .write(true)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))
-}
-
-fn snapshot(state: &State) -> (Status, u64) {
-    let s = state.0.lock().unwrap_or_else(|e| e.into_inner());
-    (s.status.clone(), s.generation)
-}
-
-fn send(stream: &mut UnixStream, status: &Status) -> bool {
-    let Ok(mut line) = serde_json::to_string(status) else {
-        return false;
-    };
-    line.push('\n');
-    stream.write_all(line.as_bytes()).is_ok()
-}
-
-/// Serves one control connection.
-fn serve(mut stream: UnixStream, state: State) {
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
-    let op = serde_json::from_str::<serde_json::Value>(&line)
-        .ok()
-        .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_string))
-        .unwrap_or_default();
-    match op.as_str() {
-        "status" => {
-            let (s, _) = snapshot(&state);
-            send(&mut stream, &s);
-        }
-        "stop" => update(&state, |s| s.stop = true),
-        "attach" => {
-            update(&state, |s| {
-                s.status.clients += 1;
-                s.zero_since = None;
-            });
-            // A reader thread notices the client going away (EOF), even if it
-            // was killed, and wakes the writer loop below.
-            let gone = Arc::new(Mutex::new(false));
-            let gone2 = gone.clone();
-            let state2 = state.clone();
-            std::thread::spawn(move || {
-                let mut buf = String::new();
-                while matches!(reader.read_line(&mut buf), Ok(n) if n > 0) {
-                    buf.clear();
-                }
-                *gone2.lock().unwrap_or_else(|e| e.into_inner()) = true;
-                update(&state2, |_| {});
-            });
-            let mut seen = u64::MAX;
-            loop {
-                let (status, generation) = snapshot(&state);
-                if *gone.lock().unwrap_or_else(|e| e.into_inner()) {
-                    break;
-                }
-                if generation != seen {
-                    seen = generation;
-                    if !send(&mut stream, &status) {
-                        break;
-                    }
-                }
-                let (lock, cv) = &*state;
-                let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-                if guard.generation == seen {
-                    let _ = cv.wait_timeout(guard, Duration::from_millis(500));
-                }
-            }
-            update(&state, |s| {
-                s.status.clients = s.status.clients.saturating_sub(1);
-                if s.status.clients == 0 {
-                    s.zero_since = Some(Instant::now());
-                }
-            });
-        }
-        _ => {}
-    }
 }
 
 /// A child process that is killed and reaped when dropped (and, through
@@ -477,10 +373,10 @@ fn boot(
     config: &Config,
     plan: &StartPlan,
     session: &uuid::Uuid,
-    state: &State,
+    state: &Server,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Running> {
-    let detail = |s: &str| set_detail(state, s);
+    let detail = |s: &str| state.set_detail(s);
     let image = config.image.dir(&ctx.home);
     for f in ["disk.img", "vmlinux", "initrd.img", "manifest.toml"] {
         if !image.join(f).is_file() {
@@ -583,10 +479,10 @@ fn start_machine(
     accel: Accel,
     pubkey: &str,
     run_dir: &Path,
-    state: &State,
+    state: &Server,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Running> {
-    let detail = |s: &str| set_detail(state, s);
+    let detail = |s: &str| state.set_detail(s);
     let image = config.image.dir(&ctx.home);
     let empty = run_dir.join("empty");
     // Sockets of an earlier attempt must not be mistaken for new ones.
@@ -796,7 +692,7 @@ fn start_machine(
     detail("opening the shared SSH connection");
     let master = start_ssh_master(project, run_dir, ssh_port)?;
     running.helpers.push(master);
-    update(state, |s| s.status.ssh_port = Some(ssh_port));
+    state.update(|s| s.status.ssh_port = Some(ssh_port));
     Ok(running)
 }
 
@@ -816,7 +712,7 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
     let lock_path = project.state_dir().join("supervisor.lock");
     let lock = open_lock_file(&lock_path)?;
     if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        if crate::control::status(&project.socket_path()).is_some() {
+        if protocol::status(&project.socket_path()).is_some() {
             log("another supervisor runs this session; exiting");
             return Ok(());
         }
@@ -832,28 +728,9 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
     let _ = fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let state: State = Arc::new((
-        Mutex::new(Shared {
-            status: Status {
-                state: "starting".into(),
-                clients: 0,
-                ssh_port: None,
-                pid: Some(std::process::id()),
-                detail: None,
-            },
-            stop: false,
-            zero_since: Some(Instant::now()),
-            generation: 0,
-        }),
-        Condvar::new(),
-    ));
-    let accept_state = state.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let st = accept_state.clone();
-            std::thread::spawn(move || serve(conn, st));
-        }
-    });
+    let grace = Duration::from_millis(config.auto_shutdown_ms);
+    let state = Server::new(std::process::id(), grace);
+    state.listen(listener);
     log(&format!(
         "supervising session {session} of {}",
         project.dir().display()
@@ -863,8 +740,8 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
         Err(e) => {
             let msg = format!("{e:#}");
             log(&format!("boot failed: {msg}"));
-            update(&state, |s| {
-                s.status.state = "failed".into();
+            state.update(|s| {
+                s.status.state = SessionState::Failed;
                 s.status.detail = Some(msg);
             });
             // Give attached clients a moment to read why.
@@ -876,14 +753,7 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    update(&state, |s| {
-        s.status.state = "running".into();
-        s.status.detail = None;
-        if s.status.clients == 0 {
-            s.zero_since = Some(Instant::now());
-        }
-    });
-    let grace = Duration::from_millis(config.auto_shutdown_ms);
+    state.set_state(SessionState::Running);
     let mut running = running;
     loop {
         std::thread::sleep(Duration::from_millis(100));
@@ -891,22 +761,13 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
             log(&format!("QEMU exited ({status})"));
             break;
         }
-        let (stop, idle) = {
-            let s = state.0.lock().unwrap_or_else(|e| e.into_inner());
-            let idle = s.status.clients == 0 && s.zero_since.is_some_and(|t| t.elapsed() >= grace);
-            (s.stop, idle)
-        };
-        if stop || idle {
-            log(if stop {
-                "stop requested"
-            } else {
-                "no clients for the whole grace period"
-            });
+        if let Some(why) = state.should_stop() {
+            log(why);
             break;
         }
     }
     // Clients that arrive now see "stopping" and wait for the socket to go.
-    update(&state, |s| s.status.state = "stopping".into());
+    state.set_state(SessionState::Stopping);
     running.shutdown(&mut log);
     let _ = fs::remove_file(&socket);
     log("stopped");

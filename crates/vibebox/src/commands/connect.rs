@@ -9,10 +9,10 @@ use vibebox_core::session::{self, Found};
 
 use crate::attach;
 use crate::context::Context;
-use crate::control;
 use crate::error::hinted;
 use crate::plan::StartPlan;
 use crate::terminal;
+use vibebox_supervisor::protocol as control;
 
 /// What `prepare` found: the project, its checked config (and the text it
 /// was parsed from), the real host paths of its mounts, its session.

@@ -6,9 +6,9 @@ use vibebox_core::project::Project;
 use vibebox_core::session::match_prefix;
 
 use crate::context::Context;
-use crate::control;
 use crate::error::hinted;
 use crate::terminal;
+use vibebox_supervisor::protocol as control;
 
 /// Runs `vibebox delete`.
 pub fn run(ctx: &Context, prefix: &str, yes: bool, force: bool) -> anyhow::Result<()> {

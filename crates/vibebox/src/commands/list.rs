@@ -5,8 +5,8 @@ use serde::Serialize;
 use vibebox_core::project::Project;
 
 use crate::context::Context;
-use crate::control;
 use crate::terminal;
+use vibebox_supervisor::protocol as control;
 
 #[derive(Serialize)]
 struct Row {
@@ -31,7 +31,7 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
                 directory: e.directory.display().to_string(),
                 state: status
                     .as_ref()
-                    .map_or("stopped".into(), |s| s.state.clone()),
+                    .map_or("stopped".into(), |s| s.state.to_string()),
                 clients: status.map_or(0, |s| s.clients),
                 last_active: e.last_active.to_string(),
                 created: e.created.to_string(),

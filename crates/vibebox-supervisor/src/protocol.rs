@@ -1,0 +1,177 @@
+//! The supervisor's control socket, `.vibebox/supervisor.sock`.
+//!
+//! One JSON object a line in each direction. A client sends one [`Request`];
+//! `status` gets one [`Status`], `attach` gets the status now and at every
+//! change for as long as the connection stays open (the connection is the
+//! client's reference), `stop` gets nothing. A client that cannot connect
+//! treats the session as stopped.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What a client asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    /// The status, once.
+    Status,
+    /// Hold a reference and follow the status.
+    Attach,
+    /// Stop the session now.
+    Stop,
+}
+
+/// A running supervisor's session state (a session without one is stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// The machine is being started.
+    Starting,
+    /// The machine runs: clients may enter it.
+    Running,
+    /// The machine is going down; a new one can start after.
+    Stopping,
+    /// The start failed; `detail` says why.
+    Failed,
+}
+
+impl SessionState {
+    /// The word `vibebox list` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Starting => "starting",
+            SessionState::Running => "running",
+            SessionState::Stopping => "stopping",
+            SessionState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A session's status, as its supervisor reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Where the session is.
+    pub state: SessionState,
+    /// Attached clients.
+    pub clients: u32,
+    /// Host loopback port of the guest's sshd, once running.
+    #[serde(default)]
+    pub ssh_port: Option<u16>,
+    /// The supervisor's process id.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// What the supervisor is doing or why it failed.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// The longest line either side reads: a status is a few hundred bytes.
+pub const MAX_LINE: u64 = 64 * 1024;
+
+/// Reads one line of at most [`MAX_LINE`] bytes.
+pub fn read_line(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    let mut line = String::new();
+    let n = std::io::Read::take(reader, MAX_LINE).read_line(&mut line)?;
+    Ok((n > 0).then_some(line))
+}
+
+fn request(socket: &Path, req: Request) -> std::io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = serde_json::to_string(&req).map_err(std::io::Error::other)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    Ok(stream)
+}
+
+/// Asks the supervisor at `socket` for its status; `None` when none answers.
+pub fn status(socket: &Path) -> Option<Status> {
+    let stream = request(socket, Request::Status).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let line = read_line(&mut BufReader::new(stream)).ok()??;
+    serde_json::from_str(&line).ok()
+}
+
+/// An attached client: holds one reference while it lives.
+pub struct Attachment {
+    reader: BufReader<UnixStream>,
+}
+
+impl Attachment {
+    /// Attaches to the supervisor at `socket`.
+    pub fn connect(socket: &Path) -> std::io::Result<Attachment> {
+        let stream = request(socket, Request::Attach)?;
+        Ok(Attachment {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// The next status the supervisor sends (blocks); `None` when it hung up.
+    pub fn next_status(&mut self) -> Option<Status> {
+        let line = read_line(&mut self.reader).ok()??;
+        serde_json::from_str(&line).ok()
+    }
+}
+
+/// Asks the supervisor at `socket` to stop the session, and waits until it no
+/// longer answers (at most a minute).
+pub fn stop(socket: &Path) -> std::io::Result<()> {
+    drop(request(socket, Request::Stop)?);
+    let start = std::time::Instant::now();
+    while status(socket).is_some() {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the supervisor did not stop within 60 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_format_is_one_json_object_a_line() {
+        assert_eq!(
+            serde_json::to_string(&Request::Attach).unwrap(),
+            r#"{"op":"attach"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"stop"}"#).unwrap(),
+            Request::Stop
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"rm -rf"}"#).is_err());
+        let s = Status {
+            state: SessionState::Running,
+            clients: 2,
+            ssh_port: Some(2222),
+            pid: None,
+            detail: None,
+        };
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains(r#""state":"running""#), "{text}");
+        assert_eq!(serde_json::from_str::<Status>(&text).unwrap(), s);
+    }
+
+    #[test]
+    fn lines_are_bounded() {
+        let long = vec![b'a'; MAX_LINE as usize * 2];
+        let mut r = BufReader::new(&long[..]);
+        let line = read_line(&mut r).unwrap().unwrap();
+        assert_eq!(line.len() as u64, MAX_LINE);
+    }
+}

@@ -1,0 +1,229 @@
+//! The control server: serves [`crate::protocol`] from one shared state that
+//! the supervisor updates as the machine starts, runs and stops.
+
+use std::io::{BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::lease::Lease;
+use crate::protocol::{read_line, Request, SessionState, Status};
+
+/// What the server knows; changed only through [`Server::update`].
+#[derive(Debug)]
+pub struct Shared {
+    /// What clients are told.
+    pub status: Status,
+    /// A client asked to stop.
+    pub stop: bool,
+    /// Clients and grace.
+    pub lease: Lease,
+    generation: u64,
+}
+
+/// A handle on the server's state (cheap to clone).
+#[derive(Clone)]
+pub struct Server {
+    state: Arc<(Mutex<Shared>, Condvar)>,
+}
+
+impl Server {
+    /// A server for a session starting now, with supervisor process `pid`.
+    pub fn new(pid: u32, grace: Duration) -> Server {
+        Server {
+            state: Arc::new((
+                Mutex::new(Shared {
+                    status: Status {
+                        state: SessionState::Starting,
+                        clients: 0,
+                        ssh_port: None,
+                        pid: Some(pid),
+                        detail: None,
+                    },
+                    stop: false,
+                    lease: Lease::new(grace, Instant::now()),
+                    generation: 0,
+                }),
+                Condvar::new(),
+            )),
+        }
+    }
+
+    /// Changes the state and tells every attached client.
+    pub fn update(&self, f: impl FnOnce(&mut Shared)) {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s);
+        s.status.clients = s.lease.clients();
+        s.generation += 1;
+        cv.notify_all();
+    }
+
+    /// Tells attached clients what the supervisor is doing.
+    pub fn set_detail(&self, detail: &str) {
+        let detail = detail.to_string();
+        self.update(|s| s.status.detail = Some(detail));
+    }
+
+    /// Moves the session to `state`.
+    pub fn set_state(&self, state: SessionState) {
+        self.update(|s| {
+            s.status.state = state;
+            if state == SessionState::Running {
+                s.status.detail = None;
+                s.lease.ready(Instant::now());
+            }
+        });
+    }
+
+    fn snapshot(&self) -> (Status, u64) {
+        let s = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+        (s.status.clone(), s.generation)
+    }
+
+    /// The status clients see now.
+    pub fn status(&self) -> Status {
+        self.snapshot().0
+    }
+
+    /// Whether a client asked to stop, or nobody held the session for its
+    /// whole grace period: `Some(reason)` when the machine should go down.
+    pub fn should_stop(&self) -> Option<&'static str> {
+        let s = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.stop {
+            Some("stop requested")
+        } else if s.lease.idle(Instant::now()) {
+            Some("no clients for the whole grace period")
+        } else {
+            None
+        }
+    }
+
+    /// Serves every connection on `listener`, each on its own thread.
+    pub fn listen(&self, listener: UnixListener) {
+        let server = self.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let s = server.clone();
+                std::thread::spawn(move || s.serve(conn));
+            }
+        });
+    }
+
+    fn send(stream: &mut UnixStream, status: &Status) -> bool {
+        let Ok(mut line) = serde_json::to_string(status) else {
+            return false;
+        };
+        line.push('\n');
+        stream.write_all(line.as_bytes()).is_ok()
+    }
+
+    /// Serves one control connection.
+    fn serve(&self, mut stream: UnixStream) {
+        let Ok(read_half) = stream.try_clone() else {
+            return;
+        };
+        let mut reader = BufReader::new(read_half);
+        let request = read_line(&mut reader)
+            .ok()
+            .flatten()
+            .and_then(|l| serde_json::from_str::<Request>(&l).ok());
+        match request {
+            None => {}
+            Some(Request::Status) => {
+                Server::send(&mut stream, &self.status());
+            }
+            Some(Request::Stop) => self.update(|s| s.stop = true),
+            Some(Request::Attach) => self.attached(stream, reader),
+        }
+    }
+
+    /// Holds one reference while the client's connection stays open, and
+    /// sends it the status at every change.
+    fn attached(&self, mut stream: UnixStream, mut reader: BufReader<UnixStream>) {
+        self.update(|s| s.lease.attach());
+        // A reader notices the client going away (EOF), even if it was
+        // killed, and wakes the writer loop below.
+        let gone = Arc::new(Mutex::new(false));
+        let gone2 = gone.clone();
+        let server = self.clone();
+        std::thread::spawn(move || {
+            while matches!(read_line(&mut reader), Ok(Some(_))) {}
+            *gone2.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            server.update(|_| {});
+        });
+        let mut seen = u64::MAX;
+        loop {
+            let (status, generation) = self.snapshot();
+            if *gone.lock().unwrap_or_else(|e| e.into_inner()) {
+                break;
+            }
+            if generation != seen {
+                seen = generation;
+                if !Server::send(&mut stream, &status) {
+                    break;
+                }
+            }
+            let (lock, cv) = &*self.state;
+            let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.generation == seen {
+                let _ = cv.wait_timeout(guard, Duration::from_millis(500));
+            }
+        }
+        self.update(|s| s.lease.release(Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{self, Attachment};
+
+    #[test]
+    fn clients_hold_references_until_they_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let server = Server::new(42, Duration::from_secs(3600));
+        server.listen(UnixListener::bind(&socket).unwrap());
+        let first = protocol::status(&socket).unwrap();
+        assert_eq!(
+            (first.state, first.clients, first.pid),
+            (SessionState::Starting, 0, Some(42))
+        );
+        let mut a = Attachment::connect(&socket).unwrap();
+        let mut b = Attachment::connect(&socket).unwrap();
+        let wait = |n: u32| {
+            let start = Instant::now();
+            while protocol::status(&socket).unwrap().clients != n {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "never {n} clients"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        wait(2);
+        server.set_state(SessionState::Running);
+        let seen = std::iter::from_fn(|| a.next_status())
+            .find(|s| s.state == SessionState::Running)
+            .unwrap();
+        assert_eq!(seen.state, SessionState::Running);
+        assert!(b.next_status().is_some());
+        drop(a);
+        wait(1);
+        drop(b);
+        wait(0);
+        assert_eq!(server.should_stop(), None, "grace not over");
+        // Garbage and unknown requests are ignored; stop is obeyed.
+        let send = |line: &[u8]| {
+            let mut raw = UnixStream::connect(&socket).unwrap();
+            raw.write_all(line).unwrap();
+            let mut buf = [0u8; 16];
+            let _ = std::io::Read::read(&mut raw, &mut buf);
+        };
+        send(b"{\"op\":\"format-disk\"}\n");
+        assert_eq!(server.should_stop(), None);
+        send(b"{\"op\":\"stop\"}\n");
+        assert_eq!(server.should_stop(), Some("stop requested"));
+    }
+}
