@@ -3,6 +3,7 @@
 //! - [`config`]: `vibebox.toml`, its schema, defaults and precise errors;
 //! - [`image`]: base image names (one rule) and their directories;
 //! - [`mounts`]: `host:guest[:mode]` strings and their resolution;
+//! - [`plan`]: the session plan, resolved once and handed to the supervisor;
 //! - [`policy`]: network modes and entries;
 //! - [`index`]: the global session index, written atomically under a lock;
 //! - [`project`]: a project's directory and `.vibebox/` layout;
@@ -22,6 +23,7 @@ pub mod home;
 pub mod image;
 pub mod index;
 pub mod mounts;
+pub mod plan;
 pub mod policy;
 pub mod project;
 pub mod protect;

@@ -14,7 +14,7 @@ use vibebox_vm::ssh;
 
 use crate::context::Context;
 use crate::error::hinted;
-use crate::plan::StartPlan;
+use crate::plan::SessionPlan;
 use vibebox_supervisor::protocol::{self as control, Attachment, SessionState, Status};
 
 /// A live reference to a running session.
@@ -40,7 +40,7 @@ pub fn ensure_image(ctx: &Context, config: &Config) -> anyhow::Result<()> {
     crate::commands::image::build(ctx, &config.image, None)
 }
 
-fn spawn_supervisor(ctx: &Context, project: &Project, plan: &StartPlan) -> anyhow::Result<()> {
+fn spawn_supervisor(ctx: &Context, project: &Project, plan: &SessionPlan) -> anyhow::Result<()> {
     fs::create_dir_all(project.logs_dir())?;
     let log = project.logs_dir().join("supervisor.log");
     let out = fs::OpenOptions::new()
@@ -85,7 +85,7 @@ pub fn ensure_running(
     project: &Project,
     config: &Config,
     session: uuid::Uuid,
-    plan: &dyn Fn() -> anyhow::Result<StartPlan>,
+    plan: &dyn Fn() -> anyhow::Result<SessionPlan>,
 ) -> anyhow::Result<Attached> {
     ensure_image(ctx, config)?;
     let socket = project.socket_path();

@@ -27,7 +27,7 @@ use vibebox_vm::virtiofs::ShareSpec;
 use vibebox_vm::{disk, ssh, virtiofs};
 
 use crate::context::Context;
-use crate::plan::StartPlan;
+use crate::plan::SessionPlan;
 
 /// How long the guest may take from QEMU start to "ready" (TCG is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -371,7 +371,7 @@ fn boot(
     ctx: &Context,
     project: &Project,
     config: &Config,
-    plan: &StartPlan,
+    plan: &SessionPlan,
     session: &uuid::Uuid,
     state: &Server,
     log: &mut dyn FnMut(&str),
@@ -475,7 +475,7 @@ fn start_machine(
     ctx: &Context,
     project: &Project,
     config: &Config,
-    plan: &StartPlan,
+    plan: &SessionPlan,
     accel: Accel,
     pubkey: &str,
     run_dir: &Path,
@@ -618,13 +618,7 @@ fn start_machine(
         };
         msg.push_str(&format!("mount {tag} {mode} {}\n", b64(guest.as_bytes())));
     }
-    match crate::commands::explain::build_planned(ctx, project, config, &plan.shares) {
-        Ok(x) => {
-            let text = crate::commands::explain::render(&x);
-            msg.push_str(&format!("explain {}\n", b64(text.as_bytes())));
-        }
-        Err(e) => log(&format!("cannot prepare :explain: {e:#}")),
-    }
+    msg.push_str(&format!("explain {}\n", b64(plan.explain.as_bytes())));
     msg.push_str("end\n");
     control.write_all(msg.as_bytes())?;
     let mut running = Running {
@@ -701,9 +695,11 @@ fn start_machine(
 /// The start plan the client checked arrives as JSON on standard input; the
 /// supervisor never reads `vibebox.toml` itself.
 pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
-    let plan: StartPlan = serde_json::from_reader(std::io::stdin().lock())
+    let plan: SessionPlan = serde_json::from_reader(std::io::stdin().lock())
         .context("the supervisor needs the start plan on its standard input")?;
-    let config = plan.config()?;
+    let config = plan
+        .config()
+        .map_err(|p| anyhow::Error::new(p).context("the checked config does not parse"))?;
     let project = Project::at(dir);
     project.check_state_dir()?;
     fs::create_dir_all(project.logs_dir())?;

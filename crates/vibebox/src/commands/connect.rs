@@ -10,7 +10,7 @@ use vibebox_core::session::{self, Found};
 use crate::attach;
 use crate::context::Context;
 use crate::error::hinted;
-use crate::plan::StartPlan;
+use crate::plan::SessionPlan;
 use crate::terminal;
 use vibebox_supervisor::protocol as control;
 
@@ -27,17 +27,23 @@ struct Prepared {
 impl Prepared {
     /// The start plan, made only when a supervisor must be started: it walks
     /// the shares to plan their protections.
-    fn plan(&self, ctx: &Context) -> anyhow::Result<StartPlan> {
+    fn plan(&self, ctx: &Context) -> anyhow::Result<SessionPlan> {
         let (shares, warnings) =
             crate::plan::shares(ctx, &self.project, &self.config, &self.hosts, true)?;
         for w in &warnings {
             eprintln!("vibebox: {}", vibebox_core::text::for_terminal(w));
         }
-        Ok(StartPlan {
+        // What `:explain` shows in the box, made here with the checked config.
+        let explain = super::explain::build_planned(ctx, &self.project, &self.config, &shares)
+            .map(|x| super::explain::render(&x))
+            .unwrap_or_default();
+        Ok(SessionPlan {
+            project_dir: self.project.dir().to_path_buf(),
             config_file: self.project.config_path(),
             config_source: self.config_source.clone(),
             shares,
             warnings,
+            explain,
         })
     }
 }

@@ -52,7 +52,7 @@ pub fn build_planned(
     ctx: &Context,
     project: &Project,
     config: &vibebox_core::config::Config,
-    shares: &[crate::plan::PlannedShare],
+    shares: &[vibebox_core::plan::PlannedShare],
 ) -> anyhow::Result<Explanation> {
     let image_dir = config.image.dir(&ctx.home);
     let image = ImageView {
