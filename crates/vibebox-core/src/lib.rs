@@ -10,6 +10,7 @@
 //! - [`session`]: finding or creating a project's one session;
 //! - [`explain`]: what `vibebox explain` reports;
 //! - [`protect`]: the paths of read-write shares the box may read but not write;
+//! - [`runtime`]: the `Runtime` trait behind which machines are started;
 //! - [`text`]: text from the box or a repository, escaped for a terminal;
 //! - [`trust`]: consent for what a config grants beyond the defaults.
 //!
@@ -27,6 +28,7 @@ pub mod plan;
 pub mod policy;
 pub mod project;
 pub mod protect;
+pub mod runtime;
 pub mod session;
 pub mod text;
 pub mod trust;

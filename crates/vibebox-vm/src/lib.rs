@@ -4,12 +4,17 @@
 //! - [`qemu`]: builds QEMU's command line from a validated machine description;
 //! - [`disk`]: instance disks (copy-on-write overlays on a base image);
 //! - [`virtiofs`]: one virtiofsd per mount, read-only enforced on the host;
-//! - [`ssh`]: per-project keys and the pinned guest host key.
+//! - [`ssh`]: per-project keys and the pinned guest host key;
+//! - [`process`]: child processes that die with the supervisor;
+//! - [`runtime`]: [`runtime::VmRuntime`], the QEMU runtime behind
+//!   `vibebox_core::runtime::Runtime`.
 #![warn(missing_docs)]
 
 pub mod disk;
 pub mod kvm;
+pub mod process;
 pub mod qemu;
+pub mod runtime;
 pub mod ssh;
 pub mod virtiofs;
 

@@ -2,18 +2,14 @@
 
 use vibebox_core::config::RuntimeChoice;
 use vibebox_core::explain::RuntimeView;
+use vibebox_core::runtime::Runtime;
+use vibebox_vm::runtime::VmRuntime;
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-}
+use crate::context::Context;
 
-/// Which runtime would run a session configured with `choice`, and why.
-///
-/// Only the VM runtime exists so far; it runs under KVM when the probe says
-/// KVM is usable, else under TCG (see [`crate::supervisor::kvm_verdict`]).
-pub fn select(choice: RuntimeChoice) -> RuntimeView {
+/// Which runtime would run a session configured with `choice`, and why (in
+/// the runtime's own words: KVM or TCG, from the cached probe).
+pub fn select(ctx: &Context, choice: RuntimeChoice) -> RuntimeView {
     let requested = choice.as_str().to_string();
     if choice == RuntimeChoice::Container {
         return RuntimeView {
@@ -22,16 +18,11 @@ pub fn select(choice: RuntimeChoice) -> RuntimeView {
             reason: "the container runtime is not available yet in this build of vibebox".into(),
         };
     }
-    if !on_path("qemu-system-x86_64") {
-        return RuntimeView {
-            requested,
-            selected: None,
-            reason: "qemu-system-x86_64 is not installed (run scripts/install-deps)".into(),
-        };
-    }
+    let vm = VmRuntime::new(&ctx.home, &crate::supervisor::probe_exe());
+    let a = vm.availability();
     RuntimeView {
         requested,
-        selected: Some("vm".into()),
-        reason: "QEMU micro-VM".into(),
+        selected: a.available.then(|| vm.name().to_string()),
+        reason: a.reason,
     }
 }

@@ -6,33 +6,46 @@
 //! SIGKILL leaves no QEMU or virtiofsd behind.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use vibebox_core::config::Config;
-use vibebox_core::mounts::MountMode;
 use vibebox_core::policy::Policy;
 use vibebox_core::project::Project;
+use vibebox_core::runtime::{Machine, NetworkEndpoint, Runtime, StartEvents, StartRequest};
 use vibebox_net::engine;
 use vibebox_supervisor::protocol::{self, SessionState};
 use vibebox_supervisor::server::Server;
-use vibebox_vm::kvm::KvmVerdict;
-use vibebox_vm::qemu::{Accel, Machine, Share, GUEST_NIC_MAC};
-use vibebox_vm::virtiofs::ShareSpec;
-use vibebox_vm::{disk, ssh, virtiofs};
+use vibebox_vm::process::{spawn_tied, wait_for, Tied};
+use vibebox_vm::qemu::GUEST_NIC_MAC;
+use vibebox_vm::ssh;
 
 use crate::context::Context;
 use crate::plan::SessionPlan;
 
-/// How long the guest may take from QEMU start to "ready" (TCG is slow).
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-/// The longest line the supervisor reads from the guest's control port.
-const CONTROL_LINE_MAX: usize = 4096;
+/// The supervisor's reports while a runtime starts or stops the machine:
+/// progress goes to the attached clients, log lines to supervisor.log.
+struct Events<'a, 'l> {
+    server: &'a Server,
+    log: &'l mut dyn FnMut(&str),
+}
+
+impl StartEvents for Events<'_, '_> {
+    fn progress(&mut self, step: &str) {
+        self.server.set_detail(step);
+    }
+    fn log(&mut self, line: &str) {
+        (self.log)(line);
+    }
+}
+
+/// The vibebox executable, which runs the guest half of the KVM probe.
+pub fn probe_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vibebox"))
+}
 
 /// Opens (creating it if needed) a file used only for `flock`.
 pub fn open_lock_file(path: &Path) -> anyhow::Result<fs::File> {
@@ -42,74 +55,6 @@ pub fn open_lock_file(path: &Path) -> anyhow::Result<fs::File> {
         .write(true)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))
-}
-
-/// A child process that is killed and reaped when dropped (and, through
-/// PDEATHSIG, when the supervisor dies).
-struct Tied(Child);
-
-impl Drop for Tied {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-/// Spawns `cmd` so that it dies with the supervisor.
-fn spawn_tied(cmd: &mut Command, log: &Path) -> anyhow::Result<Tied> {
-    let out = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
-    let err = out.try_clone()?;
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: only async-signal-safe calls (prctl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
-    cmd.spawn()
-        .map(Tied)
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))
-}
-
-/// The host's TSC frequency in kHz, for the guest's early clock under TCG.
-fn tsc_khz() -> Option<u64> {
-    let text = fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = text
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((mhz * 1000.0) as u64)
-}
-
-/// KVM usability, measured once per host boot and cached in `VIBEBOX_HOME`.
-pub fn kvm_verdict(ctx: &Context) -> KvmVerdict {
-    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let cache = ctx.home.join("kvm-probe.json");
-    if let Ok(text) = fs::read_to_string(&cache) {
-        if let Ok((id, v)) = serde_json::from_str::<(String, KvmVerdict)>(&text) {
-            if id == boot_id.trim() {
-                return v;
-            }
-        }
-    }
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vibebox"));
-    let v = vibebox_vm::kvm::probe(&exe, &["__kvm-probe"]);
-    if let Ok(text) = serde_json::to_string(&(boot_id.trim(), &v)) {
-        let _ = fs::create_dir_all(&ctx.home);
-        let _ = fs::write(&cache, text);
-    }
-    v
 }
 
 /// A short private directory for the helpers' sockets (unix socket paths are
@@ -168,50 +113,6 @@ pub fn run_dir(session: &uuid::Uuid) -> anyhow::Result<PathBuf> {
     Ok(run_root()?.join(session.simple().to_string()))
 }
 
-fn wait_for(path: &Path, timeout: Duration, children: &mut [Tied]) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while !path.exists() {
-        for c in children.iter_mut() {
-            if let Ok(Some(status)) = c.0.try_wait() {
-                bail!(
-                    "a helper exited ({status}) before creating {}",
-                    path.display()
-                );
-            }
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "{} did not appear within {} s",
-                path.display(),
-                timeout.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
-}
-
-fn b64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Starts the network engine on `socket`: it serves the QEMU that connects
 /// there, forwards `ssh` and the exposed ports into the guest, and logs every
 /// decision to `.vibebox/logs/network.log`.
@@ -224,7 +125,7 @@ fn start_engine(
     let listener = UnixListener::bind(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let path = project.logs_dir().join("network.log");
-    let mut log = vibebox_net::log::RotatingLog::open(&path, vibebox_net::log::NETWORK_LOG_MAX)
+    let log = vibebox_net::log::RotatingLog::open(&path, vibebox_net::log::NETWORK_LOG_MAX)
         .with_context(|| format!("cannot open {}", path.display()))?;
     // The host's SSH connections reach the guest's sshd through the engine too.
     let mut forwards = vec![(ssh, 22)];
@@ -236,70 +137,34 @@ fn start_engine(
         })?;
         forwards.push((l, *guest_port));
     }
-    let engine = engine::Engine::new(
-        engine::EngineConfig {
-            policy: Policy::new(config.network.mode, config.network.entries.clone()),
-            hosts: config.network.hosts.clone().into_iter().collect(),
-            max_connections: config.network.max_connections as usize,
-        },
-        Box::new(move |e| {
-            let _ = log.write_line(&e.to_line());
-        }),
-    )
-    .with_forwards(forwards);
-    std::thread::spawn(move || {
-        if let Ok((stream, _)) = listener.accept() {
-            let _ = engine.run(stream);
-        }
-    });
-    Ok(())
-}
-
-/// The guest console log is rotated at this size (one older file is kept as
-/// `console.log.1`): a guest printing forever cannot fill the host's disk.
-pub const CONSOLE_LOG_MAX: u64 = 4 << 20;
-
-/// Writes what QEMU sends on `socket` (the guest console) to `log`, capped at
-/// [`CONSOLE_LOG_MAX`] with one rotation. The log is opened without following
-/// symlinks.
-fn start_console_log(socket: &Path, log: &Path) -> anyhow::Result<()> {
-    use std::io::Read;
-    let _ = fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let log = log.to_path_buf();
-    let open = |path: &Path| {
-        use std::os::unix::fs::OpenOptionsExt;
-        fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
+    let cfg = engine::EngineConfig {
+        policy: Policy::new(config.network.mode, config.network.entries.clone()),
+        hosts: config.network.hosts.clone().into_iter().collect(),
+        max_connections: config.network.max_connections as usize,
     };
-    let mut file = open(&log).with_context(|| format!("cannot open {}", log.display()))?;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+    // One engine per QEMU that connects (a start that is retried connects
+    // again), one at a time.
     std::thread::spawn(move || {
-        let Ok((mut stream, _)) = listener.accept() else {
-            return;
-        };
-        let mut written = 0u64;
-        let mut buf = [0u8; 16 * 1024];
-        while let Ok(n) = stream.read(&mut buf) {
-            if n == 0 {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            let Ok(forwards) = forwards
+                .iter()
+                .map(|(l, p)| l.try_clone().map(|l| (l, *p)))
+                .collect::<std::io::Result<Vec<_>>>()
+            else {
                 break;
-            }
-            if written + n as u64 > CONSOLE_LOG_MAX {
-                let _ = fs::rename(&log, log.with_extension("log.1"));
-                match open(&log) {
-                    Ok(f) => file = f,
-                    Err(_) => return,
-                }
-                written = 0;
-            }
-            if file.write_all(&buf[..n]).is_err() {
-                return;
-            }
-            written += n as u64;
+            };
+            let log = log.clone();
+            let engine = engine::Engine::new(
+                cfg.clone(),
+                Box::new(move |e| {
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = log.write_line(&e.to_line());
+                }),
+            )
+            .with_forwards(forwards);
+            let _ = engine.run(stream);
         }
     });
     Ok(())
@@ -325,369 +190,6 @@ fn start_ssh_master(project: &Project, run_dir: &Path, port: u16) -> anyhow::Res
     wait_for(&control, SSH_MASTER_TIMEOUT, &mut children)
         .context("the shared SSH connection did not open (see .vibebox/logs/ssh.log)")?;
     Ok(children.remove(0))
-}
-
-/// The last lines of the guest console, for error messages: the guest
-/// wrote them, so they are escaped for the terminal.
-fn console_tail(path: &Path) -> String {
-    let bytes = fs::read(path).unwrap_or_default();
-    let text = vibebox_core::text::bytes_for_terminal(&bytes, true);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(12)..].join("\n")
-}
-
-/// Everything the running machine is made of.
-struct Running {
-    qemu: Tied,
-    helpers: Vec<Tied>,
-    control: UnixStream,
-    run_dir: PathBuf,
-}
-
-impl Running {
-    fn shutdown(mut self, log: &mut dyn FnMut(&str)) {
-        log("shutting down: asking the guest to power off");
-        let _ = self.control.write_all(b"poweroff\n");
-        let start = Instant::now();
-        let mut exited = false;
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.qemu.0.try_wait() {
-                exited = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !exited {
-            log("the guest did not power off within 20 s: killing QEMU");
-        }
-        // Dropping kills and reaps QEMU (if still there) and the helpers.
-        drop(self.helpers);
-        drop(self.qemu);
-        let _ = fs::remove_dir_all(&self.run_dir);
-    }
-}
-
-fn boot(
-    ctx: &Context,
-    project: &Project,
-    config: &Config,
-    plan: &SessionPlan,
-    session: &uuid::Uuid,
-    state: &Server,
-    log: &mut dyn FnMut(&str),
-) -> anyhow::Result<Running> {
-    let detail = |s: &str| state.set_detail(s);
-    let image = config.image.dir(&ctx.home);
-    for f in ["disk.img", "vmlinux", "initrd.img", "manifest.toml"] {
-        if !image.join(f).is_file() {
-            bail!(
-                "the base image `{}` is missing {f}; build it with `vibebox image build --name {}`",
-                config.image,
-                config.image
-            );
-        }
-    }
-    let manifest = vibebox_image::read_manifest(&image)?;
-    if manifest.guest_version != vibebox_image::guest_version() {
-        bail!(
-            "the base image `{}` was built by another version of vibebox; rebuild it with `vibebox image build --name {}`",
-            config.image,
-            config.image
-        );
-    }
-    let base_sha = manifest.sha256.get("disk.img").cloned().unwrap_or_default();
-    let base_record = project.state_dir().join("disk.base");
-    if project.disk_path().exists() {
-        // The overlay only makes sense over the exact base it was made on.
-        let recorded = fs::read_to_string(&base_record).unwrap_or_default();
-        if recorded.trim() != base_sha {
-            bail!(
-                "the instance disk was made over another build of the base image `{}`; start afresh with `:new` or `vibebox delete` (files in the project directory are kept)",
-                config.image
-            );
-        }
-    }
-    detail("preparing keys and the instance disk");
-    let pubkey = ssh::ensure_keypair(&project.ssh_dir())?;
-    if disk::ensure_overlay(
-        &image.join("disk.img"),
-        &project.disk_path(),
-        config.disk_gb,
-    )? {
-        fs::write(&base_record, &base_sha)
-            .with_context(|| format!("cannot write {}", base_record.display()))?;
-        log("created the instance disk");
-    }
-    disk::check_overlay(&project.disk_path())?;
-    let verdict = kvm_verdict(ctx);
-    let accel = if verdict.usable {
-        Accel::Kvm
-    } else {
-        Accel::Tcg
-    };
-    log(&format!("accelerator: {accel:?} ({})", verdict.reason));
-
-    let run_dir = run_dir(session)?;
-    let _ = fs::remove_dir_all(&run_dir);
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&run_dir)
-            .with_context(|| format!("cannot create {}", run_dir.display()))?;
-    }
-    let empty = run_dir.join("empty");
-    fs::create_dir_all(&empty)?;
-
-    let mut attempt = 1;
-    loop {
-        match start_machine(
-            ctx, project, config, plan, accel, &pubkey, &run_dir, state, log,
-        ) {
-            Ok(running) => return Ok(running),
-            Err(e) if e.downcast_ref::<EarlyExit>().is_some() && attempt < 3 => {
-                // QEMU occasionally resets in the firmware with a shared-memory
-                // backend (see FIELD-NOTES); a fresh start gets past it.
-                log(&format!("attempt {attempt}: {e:#}; starting again"));
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// QEMU exited before the guest was ready, within its first seconds.
-#[derive(Debug)]
-struct EarlyExit(String);
-
-impl std::fmt::Display for EarlyExit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for EarlyExit {}
-
-/// Starts virtiofsd for each mount and QEMU, hands the guest its
-/// configuration and waits until it reports ready.
-#[allow(clippy::too_many_arguments)]
-fn start_machine(
-    ctx: &Context,
-    project: &Project,
-    config: &Config,
-    plan: &SessionPlan,
-    accel: Accel,
-    pubkey: &str,
-    run_dir: &Path,
-    state: &Server,
-    log: &mut dyn FnMut(&str),
-) -> anyhow::Result<Running> {
-    let detail = |s: &str| state.set_detail(s);
-    let image = config.image.dir(&ctx.home);
-    let empty = run_dir.join("empty");
-    // Sockets of an earlier attempt must not be mistaken for new ones.
-    if let Ok(rd) = fs::read_dir(run_dir) {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().ends_with(".sock") {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-    }
-    detail("starting virtiofsd for the mounts");
-    let cache = ctx.host_home.join(".cache/vibebox");
-    let virtiofsd = virtiofs::find_virtiofsd(&cache).ok_or_else(|| {
-        anyhow::anyhow!(
-            "virtiofsd is not installed; run scripts/install-deps (it builds it with cargo)"
-        )
-    })?;
-    let mut helpers = Vec::new();
-    let mut shares = Vec::new();
-    let mut guest_mounts = Vec::new();
-    let vlog = project.logs_dir().join("virtiofsd.log");
-    for (i, m) in plan.shares.iter().enumerate() {
-        let socket = run_dir.join(format!("fs{i}.sock"));
-        if !m.host.is_dir() {
-            bail!(
-                "mount {} -> {}: the host path is not a directory",
-                m.host.display(),
-                m.guest
-            );
-        }
-        let spec = ShareSpec {
-            shared_dir: m.host.clone(),
-            socket: socket.clone(),
-            readonly: m.mode == MountMode::ReadOnly,
-            guards: m.guards.iter().map(|g| (g.kind, g.path.clone())).collect(),
-            guest_uid: 1000,
-        };
-        helpers.push(spawn_tied(
-            &mut virtiofs::command(&virtiofsd, &spec, &empty),
-            &vlog,
-        )?);
-        wait_for(&socket, Duration::from_secs(10), &mut helpers).with_context(|| {
-            format!(
-                "virtiofsd for {} did not start (see {})",
-                m.host.display(),
-                vlog.display()
-            )
-        })?;
-        let tag = format!("m{i}");
-        shares.push(Share {
-            tag: tag.clone(),
-            socket,
-        });
-        guest_mounts.push((tag, m.mode, m.guest.clone()));
-    }
-
-    detail(&format!(
-        "booting the guest ({})",
-        match accel {
-            Accel::Kvm => "KVM",
-            Accel::Tcg => "TCG emulation: KVM is not usable here",
-        }
-    ));
-    let ssh_listener =
-        std::net::TcpListener::bind("127.0.0.1:0").context("cannot open a local port for SSH")?;
-    let ssh_port = ssh_listener.local_addr()?.port();
-    let net_socket = run_dir.join("net.sock");
-    start_engine(project, config, &net_socket, ssh_listener)?;
-    let machine = Machine {
-        accel,
-        cpus: config.cpu_count,
-        ram_mb: config.ram_mb,
-        kernel: image.join("vmlinux"),
-        initrd: image.join("initrd.img"),
-        base_disk: image.join("disk.img"),
-        overlay: project.disk_path(),
-        tsc_khz: if accel == Accel::Tcg { tsc_khz() } else { None },
-        net_socket,
-        control_socket: run_dir.join("ctl.sock"),
-        qmp_socket: run_dir.join("qmp.sock"),
-        console_socket: run_dir.join("console.sock"),
-        shares,
-    };
-    start_console_log(
-        &machine.console_socket,
-        &project.logs_dir().join("console.log"),
-    )?;
-    let mut qemu_cmd = Command::new("qemu-system-x86_64");
-    qemu_cmd.args(machine.args());
-    log(&format!("qemu-system-x86_64 {}", machine.args().join(" ")));
-    let qemu = spawn_tied(&mut qemu_cmd, &project.logs_dir().join("qemu.log"))?;
-    let qemu_started = Instant::now();
-    let mut all = vec![qemu];
-    wait_for(&machine.control_socket, Duration::from_secs(20), &mut all)
-        .context("QEMU did not start (see .vibebox/logs/qemu.log)")?;
-    let qemu = all.remove(0);
-    // The socket file appears when QEMU binds it, a moment before it listens.
-    let mut control = {
-        let mut tries = 0;
-        loop {
-            match UnixStream::connect(&machine.control_socket) {
-                Ok(c) => break c,
-                Err(_) if tries < 200 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => {
-                    return Err(
-                        anyhow::Error::new(e).context("cannot connect to the guest's control port")
-                    )
-                }
-            }
-        }
-    };
-    let mut msg = String::new();
-    let mut key = pubkey.split_whitespace();
-    msg.push_str(&format!(
-        "key {} {}\n",
-        key.next().unwrap_or_default(),
-        key.next().unwrap_or_default()
-    ));
-    msg.push_str(&format!(
-        "net {GUEST_NIC_MAC} {}/{} {gw} {gw}\n",
-        engine::GUEST,
-        engine::PREFIX,
-        gw = engine::GATEWAY
-    ));
-    for (tag, mode, guest) in &guest_mounts {
-        let mode = if *mode == MountMode::ReadOnly {
-            "ro"
-        } else {
-            "rw"
-        };
-        msg.push_str(&format!("mount {tag} {mode} {}\n", b64(guest.as_bytes())));
-    }
-    msg.push_str(&format!("explain {}\n", b64(plan.explain.as_bytes())));
-    msg.push_str("end\n");
-    control.write_all(msg.as_bytes())?;
-    let mut running = Running {
-        qemu,
-        helpers,
-        control,
-        run_dir: run_dir.to_path_buf(),
-    };
-    // Wait for "ready <host key>".
-    running
-        .control
-        .set_read_timeout(Some(Duration::from_millis(500)))?;
-    let mut reader = BufReader::new(running.control.try_clone()?);
-    let start = Instant::now();
-    let mut line = String::new();
-    loop {
-        if let Ok(Some(status)) = running.qemu.0.try_wait() {
-            let msg = format!(
-                "QEMU exited during boot ({status}); the guest console ended with:\n{}\nQEMU said:\n{}",
-                console_tail(&project.logs_dir().join("console.log")),
-                console_tail(&project.logs_dir().join("qemu.log"))
-            );
-            if status.success() && qemu_started.elapsed() < Duration::from_secs(5) {
-                return Err(EarlyExit(msg).into());
-            }
-            bail!(msg);
-        }
-        if start.elapsed() > BOOT_TIMEOUT {
-            running.shutdown(log);
-            bail!(
-                "the guest did not become ready within {} s; see .vibebox/logs/console.log",
-                BOOT_TIMEOUT.as_secs()
-            );
-        }
-        // The guest's init lives on a disk the guest's root can rewrite: its
-        // lines are bounded like any input from the box.
-        let room = (CONTROL_LINE_MAX + 1).saturating_sub(line.len()) as u64;
-        let read = std::io::Read::take(&mut reader, room).read_line(&mut line);
-        if line.len() > CONTROL_LINE_MAX {
-            running.shutdown(log);
-            bail!(
-                "the guest sent a control line longer than {CONTROL_LINE_MAX} bytes; see .vibebox/logs/console.log"
-            );
-        }
-        match read {
-            Ok(0) => std::thread::sleep(Duration::from_millis(50)),
-            Ok(_) if !line.ends_with('\n') => {}
-            Ok(_) => {
-                if let Some(rest) = line.trim().strip_prefix("ready ") {
-                    let (kind, blob) = ssh::parse_host_key(rest)
-                        .ok_or_else(|| anyhow::anyhow!("the guest sent an invalid host key"))?;
-                    ssh::pin_host_key(&project.ssh_dir(), &kind, &blob)?;
-                    break;
-                }
-                line.clear();
-            }
-            Err(_) => {}
-        }
-    }
-    running.control.set_read_timeout(None)?;
-    log(&format!(
-        "guest ready after {:.1} s",
-        start.elapsed().as_secs_f64()
-    ));
-    detail("opening the shared SSH connection");
-    let master = start_ssh_master(project, run_dir, ssh_port)?;
-    running.helpers.push(master);
-    state.update(|s| s.status.ssh_port = Some(ssh_port));
-    Ok(running)
 }
 
 /// Runs the supervisor of the project at `dir` until the session stops.
@@ -731,7 +233,51 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
         "supervising session {session} of {}",
         project.dir().display()
     ));
-    let running = match boot(ctx, &project, &config, &plan, &session, &state, &mut log) {
+    let run_dir = run_dir(&session)?;
+    let _ = fs::remove_dir_all(&run_dir);
+    let started = (|| -> anyhow::Result<(Box<dyn Machine>, Tied)> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&run_dir)
+            .with_context(|| format!("cannot create {}", run_dir.display()))?;
+        let runtime = vibebox_vm::runtime::VmRuntime::new(&ctx.home, &probe_exe());
+        let ssh_listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("cannot open a local port for SSH")?;
+        let ssh_port = ssh_listener.local_addr()?.port();
+        let network = NetworkEndpoint {
+            socket: run_dir.join("net.sock"),
+            guest_mac: GUEST_NIC_MAC.to_string(),
+            guest_address: engine::GUEST,
+            prefix: engine::PREFIX,
+            gateway: engine::GATEWAY,
+        };
+        start_engine(&project, &config, &network.socket, ssh_listener)?;
+        let request = StartRequest {
+            plan: &plan,
+            config: &config,
+            vibebox_home: &ctx.home,
+            host_home: &ctx.host_home,
+            run_dir: &run_dir,
+            network: &network,
+        };
+        let mut events = Events {
+            server: &state,
+            log: &mut log,
+        };
+        let machine = runtime.start(&request, &mut events)?;
+        events.progress("opening the shared SSH connection");
+        let master = match start_ssh_master(&project, &run_dir, ssh_port) {
+            Ok(m) => m,
+            Err(e) => {
+                machine.shutdown(&mut events);
+                return Err(e);
+            }
+        };
+        state.update(|s| s.status.ssh_port = Some(ssh_port));
+        Ok((machine, master))
+    })();
+    let (mut machine, master) = match started {
         Ok(r) => r,
         Err(e) => {
             let msg = format!("{e:#}");
@@ -743,18 +289,15 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
             // Give attached clients a moment to read why.
             std::thread::sleep(Duration::from_secs(2));
             let _ = fs::remove_file(&socket);
-            if let Ok(d) = run_dir(&session) {
-                let _ = fs::remove_dir_all(d);
-            }
+            let _ = fs::remove_dir_all(&run_dir);
             return Err(e);
         }
     };
     state.set_state(SessionState::Running);
-    let mut running = running;
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        if let Ok(Some(status)) = running.qemu.0.try_wait() {
-            log(&format!("QEMU exited ({status})"));
+        if let Some(how) = machine.exited() {
+            log(&how);
             break;
         }
         if let Some(why) = state.should_stop() {
@@ -764,48 +307,14 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
     }
     // Clients that arrive now see "stopping" and wait for the socket to go.
     state.set_state(SessionState::Stopping);
-    running.shutdown(&mut log);
+    drop(master);
+    machine.shutdown(&mut Events {
+        server: &state,
+        log: &mut log,
+    });
+    let _ = fs::remove_dir_all(&run_dir);
     let _ = fs::remove_file(&socket);
     log("stopped");
     drop(lock);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::b64;
-
-    #[test]
-    fn the_console_log_is_capped() {
-        use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("console.sock");
-        let log = dir.path().join("console.log");
-        super::start_console_log(&socket, &log).unwrap();
-        let mut qemu = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-        let line = [b'x'; 1023];
-        for _ in 0..(super::CONSOLE_LOG_MAX as usize * 5 / 2 / 1024) {
-            qemu.write_all(&line).unwrap();
-            qemu.write_all(b"\n").unwrap();
-        }
-        drop(qemu);
-        let total = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let start = std::time::Instant::now();
-        while total(&log) == 0 && start.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        assert!(total(&log) <= super::CONSOLE_LOG_MAX);
-        assert!(total(&log.with_extension("log.1")) <= super::CONSOLE_LOG_MAX);
-        assert!(total(&log.with_extension("log.1")) > 0, "it rotated");
-    }
-
-    #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(b64(b""), "");
-        assert_eq!(b64(b"f"), "Zg==");
-        assert_eq!(b64(b"fo"), "Zm8=");
-        assert_eq!(b64(b"foo"), "Zm9v");
-        assert_eq!(b64(b"/home/vibecoder/a b"), "L2hvbWUvdmliZWNvZGVyL2EgYg==");
-    }
 }

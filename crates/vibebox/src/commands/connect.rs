@@ -89,7 +89,7 @@ fn prepare(ctx: &Context) -> anyhow::Result<Prepared> {
     let grants = super::trust::grants(ctx, &project, &config, &hosts);
     super::trust::ensure_accepted(ctx, &project, &entry.id, &grants)?;
     crate::supervisor::run_root()?;
-    let runtime = crate::runtime::select(config.runtime);
+    let runtime = crate::runtime::select(ctx, config.runtime);
     if runtime.selected.is_none() {
         return Err(hinted(
             format!("cannot start session {}: {}", entry.id, runtime.reason),

@@ -60,15 +60,7 @@ pub fn build_planned(
         present: image_dir.join("manifest.toml").is_file(),
         path: image_dir,
     };
-    let mut runtime = crate::runtime::select(config.runtime);
-    if runtime.selected.is_some() {
-        let v = crate::supervisor::kvm_verdict(ctx);
-        runtime.reason = format!(
-            "QEMU micro-VM under {}: {}",
-            if v.usable { "KVM" } else { "TCG emulation" },
-            v.reason
-        );
-    }
+    let runtime = crate::runtime::select(ctx, config.runtime);
     let mut x = Explanation::new(project, config, &ctx.host_home, runtime, image);
     x.protected = crate::plan::describe(shares);
     Ok(x)

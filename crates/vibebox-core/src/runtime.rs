@@ -1,0 +1,92 @@
+//! The `Runtime` trait: what turns a [`SessionPlan`] into a running machine.
+//!
+//! A runtime says whether it can run here (and why not), and starts a machine
+//! from a plan, with its NIC on the network engine's endpoint. The machine it
+//! returns can be watched (did it end by itself?) and shut down. The
+//! supervisor owns everything around it: the control socket, the lease, the
+//! network engine, the shared SSH connection. `vibebox-vm` implements it for
+//! QEMU; a container runtime is the next one.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::plan::SessionPlan;
+
+/// Whether a runtime can run sessions here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Availability {
+    /// It can.
+    pub available: bool,
+    /// Why (or why not), in one sentence for `explain`.
+    pub reason: String,
+}
+
+/// Where the machine's one NIC goes, and how the guest is addressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkEndpoint {
+    /// The engine's unix socket (Ethernet frames, length-prefixed).
+    pub socket: PathBuf,
+    /// The guest NIC's MAC address (`52:54:…`).
+    pub guest_mac: String,
+    /// The guest's address.
+    pub guest_address: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// The gateway, which is also the DNS server (the engine).
+    pub gateway: Ipv4Addr,
+}
+
+/// Everything a runtime gets to start one machine.
+#[derive(Debug, Clone, Copy)]
+pub struct StartRequest<'a> {
+    /// The plan the client checked.
+    pub plan: &'a SessionPlan,
+    /// Its config, parsed from the plan's text.
+    pub config: &'a Config,
+    /// `VIBEBOX_HOME` (images, caches).
+    pub vibebox_home: &'a Path,
+    /// The host user's home (tool caches).
+    pub host_home: &'a Path,
+    /// A private directory for the machine's sockets (created, 0700).
+    pub run_dir: &'a Path,
+    /// The network engine's endpoint.
+    pub network: &'a NetworkEndpoint,
+}
+
+/// A machine could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RuntimeError(pub String);
+
+/// What a runtime reports while it starts a machine.
+pub trait StartEvents {
+    /// A step a person waiting should see ("booting the guest").
+    fn progress(&mut self, step: &str);
+    /// A line for the supervisor's log.
+    fn log(&mut self, line: &str);
+}
+
+/// A running machine.
+pub trait Machine: Send {
+    /// `Some(how)` once the machine has ended by itself.
+    fn exited(&mut self) -> Option<String>;
+    /// Shuts the machine down cleanly (and forcibly after a while), and
+    /// everything it started.
+    fn shutdown(self: Box<Self>, events: &mut dyn StartEvents);
+}
+
+/// Turns session plans into running machines.
+pub trait Runtime {
+    /// `vm` or `container`.
+    fn name(&self) -> &'static str;
+    /// Whether it can run here, and why.
+    fn availability(&self) -> Availability;
+    /// Starts the machine of `request` and returns once the guest is ready
+    /// (its sshd listens and its host key is pinned).
+    fn start(
+        &self,
+        request: &StartRequest<'_>,
+        events: &mut dyn StartEvents,
+    ) -> Result<Box<dyn Machine>, RuntimeError>;
+}

@@ -1,0 +1,601 @@
+//! The VM runtime: QEMU (KVM where the probe passes, else TCG) with one
+//! virtiofsd per share, behind [`vibebox_core::runtime::Runtime`].
+//!
+//! A start checks the image and the instance disk, makes the keys, starts a
+//! virtiofsd per planned share (with its guards), starts QEMU with its NIC on
+//! the network engine's endpoint, hands the guest its configuration over the
+//! private control port and waits until the guest reports ready with its SSH
+//! host key, which it pins. The running [`VmMachine`] powers the guest off on
+//! shutdown and kills what is left.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vibebox_core::mounts::MountMode;
+use vibebox_core::project::Project;
+use vibebox_core::runtime::{
+    Availability, Machine as RunningMachine, Runtime, RuntimeError, StartEvents, StartRequest,
+};
+
+use crate::kvm::KvmVerdict;
+use crate::process::{spawn_tied, wait_for, Tied};
+use crate::qemu::{Accel, Machine, Share};
+use crate::virtiofs::ShareSpec;
+use crate::{disk, ssh, virtiofs};
+
+/// How long the guest may take from QEMU start to "ready" (TCG is slow).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// The longest line read from the guest's control port.
+pub const CONTROL_LINE_MAX: usize = 4096;
+/// The guest console log is rotated at this size (one older file is kept as
+/// `console.log.1`): a guest printing forever cannot fill the host's disk.
+pub const CONSOLE_LOG_MAX: u64 = 4 << 20;
+
+fn fail(msg: impl Into<String>) -> RuntimeError {
+    RuntimeError(msg.into())
+}
+
+fn vm(e: crate::VmError) -> RuntimeError {
+    RuntimeError(e.to_string())
+}
+
+/// The QEMU runtime.
+pub struct VmRuntime {
+    vibebox_home: std::path::PathBuf,
+    probe_exe: std::path::PathBuf,
+    verdict: std::sync::OnceLock<KvmVerdict>,
+}
+
+impl VmRuntime {
+    /// The runtime. KVM usability is measured when first needed, once per
+    /// host boot, and cached in `vibebox_home` (`probe_exe` runs the guest
+    /// half of the probe).
+    pub fn new(vibebox_home: &Path, probe_exe: &Path) -> VmRuntime {
+        VmRuntime {
+            vibebox_home: vibebox_home.to_path_buf(),
+            probe_exe: probe_exe.to_path_buf(),
+            verdict: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// KVM or TCG, and why.
+    pub fn verdict(&self) -> &KvmVerdict {
+        self.verdict
+            .get_or_init(|| cached_verdict(&self.vibebox_home, &self.probe_exe))
+    }
+}
+
+/// KVM usability, measured once per host boot and cached in
+/// `vibebox_home/kvm-probe.json`.
+pub fn cached_verdict(vibebox_home: &Path, probe_exe: &Path) -> KvmVerdict {
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let cache = vibebox_home.join("kvm-probe.json");
+    if let Ok(text) = fs::read_to_string(&cache) {
+        if let Ok((id, v)) = serde_json::from_str::<(String, KvmVerdict)>(&text) {
+            if id == boot_id.trim() {
+                return v;
+            }
+        }
+    }
+    let v = crate::kvm::probe(probe_exe, &["__kvm-probe"]);
+    if let Ok(text) = serde_json::to_string(&(boot_id.trim(), &v)) {
+        let _ = fs::create_dir_all(vibebox_home);
+        let _ = fs::write(&cache, text);
+    }
+    v
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+impl Runtime for VmRuntime {
+    fn name(&self) -> &'static str {
+        "vm"
+    }
+
+    fn availability(&self) -> Availability {
+        if !on_path("qemu-system-x86_64") {
+            return Availability {
+                available: false,
+                reason: "qemu-system-x86_64 is not installed (run scripts/install-deps)".into(),
+            };
+        }
+        Availability {
+            available: true,
+            reason: format!(
+                "QEMU micro-VM under {}: {}",
+                if self.verdict().usable {
+                    "KVM"
+                } else {
+                    "TCG emulation"
+                },
+                self.verdict().reason
+            ),
+        }
+    }
+
+    fn start(
+        &self,
+        req: &StartRequest<'_>,
+        events: &mut dyn StartEvents,
+    ) -> Result<Box<dyn RunningMachine>, RuntimeError> {
+        let project = req.plan.project();
+        let accel = if self.verdict().usable {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        };
+        let pubkey = prepare_disk_and_keys(req, &project, events)?;
+        events.log(&format!(
+            "accelerator: {accel:?} ({})",
+            self.verdict().reason
+        ));
+        let empty = req.run_dir.join("empty");
+        fs::create_dir_all(&empty)
+            .map_err(|e| fail(format!("cannot create {}: {e}", empty.display())))?;
+        let mut attempt = 1;
+        loop {
+            match start_machine(req, &project, accel, &pubkey, events) {
+                Ok(m) => return Ok(Box::new(m)),
+                Err(Start::EarlyExit(msg)) if attempt < 3 => {
+                    // QEMU occasionally resets in the firmware with a
+                    // shared-memory backend (see FIELD-NOTES); a fresh start
+                    // gets past it.
+                    events.log(&format!("attempt {attempt}: {msg}; starting again"));
+                    attempt += 1;
+                }
+                Err(Start::EarlyExit(msg)) => return Err(fail(msg)),
+                Err(Start::Failed(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Checks the image and the instance disk (made on first use, bound to the
+/// exact base it was made on), makes the key pair; returns the public key.
+fn prepare_disk_and_keys(
+    req: &StartRequest<'_>,
+    project: &Project,
+    events: &mut dyn StartEvents,
+) -> Result<String, RuntimeError> {
+    let name = &req.config.image;
+    let image = name.dir(req.vibebox_home);
+    for f in ["disk.img", "vmlinux", "initrd.img", "manifest.toml"] {
+        if !image.join(f).is_file() {
+            return Err(fail(format!(
+                "the base image `{name}` is missing {f}; build it with `vibebox image build --name {name}`"
+            )));
+        }
+    }
+    let manifest = vibebox_image::read_manifest(&image).map_err(|e| fail(e.to_string()))?;
+    if manifest.guest_version != vibebox_image::guest_version() {
+        return Err(fail(format!(
+            "the base image `{name}` was built by another version of vibebox; rebuild it with `vibebox image build --name {name}`"
+        )));
+    }
+    let base_sha = manifest.sha256.get("disk.img").cloned().unwrap_or_default();
+    let base_record = project.state_dir().join("disk.base");
+    if project.disk_path().exists() {
+        // The overlay only makes sense over the exact base it was made on.
+        let recorded = fs::read_to_string(&base_record).unwrap_or_default();
+        if recorded.trim() != base_sha {
+            return Err(fail(format!(
+                "the instance disk was made over another build of the base image `{name}`; start afresh with `:new` or `vibebox delete` (files in the project directory are kept)"
+            )));
+        }
+    }
+    events.progress("preparing keys and the instance disk");
+    let pubkey = ssh::ensure_keypair(&project.ssh_dir()).map_err(vm)?;
+    if disk::ensure_overlay(
+        &image.join("disk.img"),
+        &project.disk_path(),
+        req.config.disk_gb,
+    )
+    .map_err(vm)?
+    {
+        fs::write(&base_record, &base_sha)
+            .map_err(|e| fail(format!("cannot write {}: {e}", base_record.display())))?;
+        events.log("created the instance disk");
+    }
+    disk::check_overlay(&project.disk_path()).map_err(vm)?;
+    Ok(pubkey)
+}
+
+/// Why one attempt at starting QEMU failed.
+enum Start {
+    /// QEMU exited before the guest was ready, within its first seconds.
+    EarlyExit(String),
+    /// Anything else.
+    Failed(RuntimeError),
+}
+
+impl From<RuntimeError> for Start {
+    fn from(e: RuntimeError) -> Start {
+        Start::Failed(e)
+    }
+}
+
+/// The host's TSC frequency in kHz, for the guest's early clock under TCG.
+fn tsc_khz() -> Option<u64> {
+    let text = fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = text
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+/// Standard base64, for values handed to the guest's init on one line.
+fn b64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Writes what QEMU sends on `socket` (the guest console) to `log`, capped at
+/// [`CONSOLE_LOG_MAX`] with one rotation. The log is opened without following
+/// symlinks.
+pub fn start_console_log(socket: &Path, log: &Path) -> Result<(), RuntimeError> {
+    use std::io::Read;
+    let _ = fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| fail(format!("cannot listen on {}: {e}", socket.display())))?;
+    let log = log.to_path_buf();
+    let open = |path: &Path| {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+    };
+    let mut file = open(&log).map_err(|e| fail(format!("cannot open {}: {e}", log.display())))?;
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut written = 0u64;
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if written + n as u64 > CONSOLE_LOG_MAX {
+                let _ = fs::rename(&log, log.with_extension("log.1"));
+                match open(&log) {
+                    Ok(f) => file = f,
+                    Err(_) => return,
+                }
+                written = 0;
+            }
+            if file.write_all(&buf[..n]).is_err() {
+                return;
+            }
+            written += n as u64;
+        }
+    });
+    Ok(())
+}
+
+/// The last lines of a log the guest wrote, escaped for the terminal.
+fn console_tail(path: &Path) -> String {
+    let bytes = fs::read(path).unwrap_or_default();
+    let text = vibebox_core::text::bytes_for_terminal(&bytes, true);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(12)..].join("\n")
+}
+
+/// A running QEMU machine and its helpers.
+pub struct VmMachine {
+    qemu: Tied,
+    helpers: Vec<Tied>,
+    control: UnixStream,
+}
+
+impl RunningMachine for VmMachine {
+    fn exited(&mut self) -> Option<String> {
+        match self.qemu.0.try_wait() {
+            Ok(Some(status)) => Some(format!("QEMU exited ({status})")),
+            _ => None,
+        }
+    }
+
+    fn shutdown(mut self: Box<Self>, events: &mut dyn StartEvents) {
+        events.log("shutting down: asking the guest to power off");
+        let _ = self.control.write_all(b"poweroff\n");
+        let start = Instant::now();
+        let mut exited = false;
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.qemu.0.try_wait() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !exited {
+            events.log("the guest did not power off within 20 s: killing QEMU");
+        }
+        // Dropping kills and reaps the helpers, then QEMU (if still there).
+        drop(std::mem::take(&mut self.helpers));
+    }
+}
+
+/// Starts virtiofsd for each share and QEMU, hands the guest its
+/// configuration and waits until it reports ready.
+fn start_machine(
+    req: &StartRequest<'_>,
+    project: &Project,
+    accel: Accel,
+    pubkey: &str,
+    events: &mut dyn StartEvents,
+) -> Result<VmMachine, Start> {
+    let run_dir = req.run_dir;
+    let image = req.config.image.dir(req.vibebox_home);
+    let empty = run_dir.join("empty");
+    // Sockets of an earlier attempt must not be mistaken for new ones.
+    if let Ok(rd) = fs::read_dir(run_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".sock") && name != "net.sock" {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    events.progress("starting virtiofsd for the mounts");
+    let cache = req.host_home.join(".cache/vibebox");
+    let virtiofsd = virtiofs::find_virtiofsd(&cache).ok_or_else(|| {
+        fail("virtiofsd is not installed; run scripts/install-deps (it builds it with cargo)")
+    })?;
+    let mut helpers = Vec::new();
+    let mut shares = Vec::new();
+    let mut guest_mounts = Vec::new();
+    let vlog = project.logs_dir().join("virtiofsd.log");
+    for (i, m) in req.plan.shares.iter().enumerate() {
+        let socket = run_dir.join(format!("fs{i}.sock"));
+        if !m.host.is_dir() {
+            return Err(fail(format!(
+                "mount {} -> {}: the host path is not a directory",
+                m.host.display(),
+                m.guest
+            ))
+            .into());
+        }
+        let spec = ShareSpec {
+            shared_dir: m.host.clone(),
+            socket: socket.clone(),
+            readonly: m.mode == MountMode::ReadOnly,
+            guards: m.guards.iter().map(|g| (g.kind, g.path.clone())).collect(),
+            guest_uid: 1000,
+        };
+        helpers.push(
+            spawn_tied(&mut virtiofs::command(&virtiofsd, &spec, &empty), &vlog).map_err(vm)?,
+        );
+        wait_for(&socket, Duration::from_secs(10), &mut helpers).map_err(|e| {
+            fail(format!(
+                "virtiofsd for {} did not start (see {}): {e}",
+                m.host.display(),
+                vlog.display()
+            ))
+        })?;
+        let tag = format!("m{i}");
+        shares.push(Share {
+            tag: tag.clone(),
+            socket,
+        });
+        guest_mounts.push((tag, m.mode, m.guest.clone()));
+    }
+
+    events.progress(&format!(
+        "booting the guest ({})",
+        match accel {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG emulation: KVM is not usable here",
+        }
+    ));
+    let machine = Machine {
+        accel,
+        cpus: req.config.cpu_count,
+        ram_mb: req.config.ram_mb,
+        kernel: image.join("vmlinux"),
+        initrd: image.join("initrd.img"),
+        base_disk: image.join("disk.img"),
+        overlay: project.disk_path(),
+        tsc_khz: if accel == Accel::Tcg { tsc_khz() } else { None },
+        net_socket: req.network.socket.clone(),
+        control_socket: run_dir.join("ctl.sock"),
+        qmp_socket: run_dir.join("qmp.sock"),
+        console_socket: run_dir.join("console.sock"),
+        shares,
+    };
+    start_console_log(
+        &machine.console_socket,
+        &project.logs_dir().join("console.log"),
+    )?;
+    let mut qemu_cmd = Command::new("qemu-system-x86_64");
+    qemu_cmd.args(machine.args());
+    events.log(&format!("qemu-system-x86_64 {}", machine.args().join(" ")));
+    let qemu = spawn_tied(&mut qemu_cmd, &project.logs_dir().join("qemu.log")).map_err(vm)?;
+    let qemu_started = Instant::now();
+    let mut all = vec![qemu];
+    wait_for(&machine.control_socket, Duration::from_secs(20), &mut all).map_err(|e| {
+        fail(format!(
+            "QEMU did not start (see .vibebox/logs/qemu.log): {e}"
+        ))
+    })?;
+    let qemu = all.remove(0);
+    // The socket file appears when QEMU binds it, a moment before it listens.
+    let mut control = {
+        let mut tries = 0;
+        loop {
+            match UnixStream::connect(&machine.control_socket) {
+                Ok(c) => break c,
+                Err(_) if tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(
+                        fail(format!("cannot connect to the guest's control port: {e}")).into(),
+                    )
+                }
+            }
+        }
+    };
+    let mut msg = String::new();
+    let mut key = pubkey.split_whitespace();
+    msg.push_str(&format!(
+        "key {} {}\n",
+        key.next().unwrap_or_default(),
+        key.next().unwrap_or_default()
+    ));
+    let net = req.network;
+    msg.push_str(&format!(
+        "net {} {}/{} {gw} {gw}\n",
+        net.guest_mac,
+        net.guest_address,
+        net.prefix,
+        gw = net.gateway
+    ));
+    for (tag, mode, guest) in &guest_mounts {
+        let mode = if *mode == MountMode::ReadOnly {
+            "ro"
+        } else {
+            "rw"
+        };
+        msg.push_str(&format!("mount {tag} {mode} {}\n", b64(guest.as_bytes())));
+    }
+    msg.push_str(&format!("explain {}\n", b64(req.plan.explain.as_bytes())));
+    msg.push_str("end\n");
+    let io = |e: std::io::Error| fail(format!("the guest's control port failed: {e}"));
+    control.write_all(msg.as_bytes()).map_err(io)?;
+    let mut running = VmMachine {
+        qemu,
+        helpers,
+        control,
+    };
+    // Wait for "ready <host key>".
+    running
+        .control
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(io)?;
+    let mut reader = BufReader::new(running.control.try_clone().map_err(io)?);
+    let start = Instant::now();
+    let mut line = String::new();
+    loop {
+        if let Ok(Some(status)) = running.qemu.0.try_wait() {
+            let msg = format!(
+                "QEMU exited during boot ({status}); the guest console ended with:\n{}\nQEMU said:\n{}",
+                console_tail(&project.logs_dir().join("console.log")),
+                console_tail(&project.logs_dir().join("qemu.log"))
+            );
+            if status.success() && qemu_started.elapsed() < Duration::from_secs(5) {
+                return Err(Start::EarlyExit(msg));
+            }
+            return Err(fail(msg).into());
+        }
+        if start.elapsed() > BOOT_TIMEOUT {
+            Box::new(running).shutdown(events);
+            return Err(fail(format!(
+                "the guest did not become ready within {} s; see .vibebox/logs/console.log",
+                BOOT_TIMEOUT.as_secs()
+            ))
+            .into());
+        }
+        // The guest's init lives on a disk the guest's root can rewrite: its
+        // lines are bounded like any input from the box.
+        let room = (CONTROL_LINE_MAX + 1).saturating_sub(line.len()) as u64;
+        let read = std::io::Read::take(&mut reader, room).read_line(&mut line);
+        if line.len() > CONTROL_LINE_MAX {
+            Box::new(running).shutdown(events);
+            return Err(fail(format!(
+                "the guest sent a control line longer than {CONTROL_LINE_MAX} bytes; see .vibebox/logs/console.log"
+            ))
+            .into());
+        }
+        match read {
+            Ok(0) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(_) if !line.ends_with('\n') => {}
+            Ok(_) => {
+                if let Some(rest) = line.trim().strip_prefix("ready ") {
+                    let (kind, blob) = ssh::parse_host_key(rest)
+                        .ok_or_else(|| fail("the guest sent an invalid host key"))?;
+                    ssh::pin_host_key(&project.ssh_dir(), &kind, &blob).map_err(vm)?;
+                    break;
+                }
+                line.clear();
+            }
+            Err(_) => {}
+        }
+    }
+    running.control.set_read_timeout(None).map_err(io)?;
+    events.log(&format!(
+        "guest ready after {:.1} s",
+        start.elapsed().as_secs_f64()
+    ));
+    Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(b64(b""), "");
+        assert_eq!(b64(b"f"), "Zg==");
+        assert_eq!(b64(b"fo"), "Zm8=");
+        assert_eq!(b64(b"foo"), "Zm9v");
+        assert_eq!(b64(b"/home/vibecoder/a b"), "L2hvbWUvdmliZWNvZGVyL2EgYg==");
+    }
+
+    #[test]
+    fn the_console_log_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("console.sock");
+        let log = dir.path().join("console.log");
+        start_console_log(&socket, &log).unwrap();
+        let mut qemu = UnixStream::connect(&socket).unwrap();
+        let line = [b'x'; 1023];
+        for _ in 0..(CONSOLE_LOG_MAX as usize * 5 / 2 / 1024) {
+            qemu.write_all(&line).unwrap();
+            qemu.write_all(b"\n").unwrap();
+        }
+        drop(qemu);
+        let total = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let start = Instant::now();
+        while total(&log) == 0 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(total(&log) <= CONSOLE_LOG_MAX);
+        assert!(total(&log.with_extension("log.1")) <= CONSOLE_LOG_MAX);
+        assert!(total(&log.with_extension("log.1")) > 0, "it rotated");
+    }
+}
