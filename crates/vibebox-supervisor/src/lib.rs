@@ -5,12 +5,24 @@
 //!   the client's side of it (status, attach, stop);
 //! - [`lease`]: clients, the grace period and idleness — pure logic;
 //! - [`server`]: the control server that serves the protocol from a shared
-//!   [`server::Shared`] state.
+//!   [`server::Shared`] state;
+//! - [`supervise`]: one session's supervisor — control server, network
+//!   engine, the machine through its runtime, the shared SSH connection, the
+//!   lease — from the plan the client checked;
+//! - [`select`]: which runtime runs a session, and why;
+//! - [`rundir`]: where a session's sockets live (verified private).
 //!
-//! The machine itself (QEMU, later a container) is started by a runtime;
-//! the CLI's `__supervise` command wires the two together.
+//! The machine itself is started by a runtime (`vibebox_core::runtime`); the
+//! CLI's `__supervise` command only reads the plan and calls [`supervise`].
 #![warn(missing_docs)]
 
+pub mod error;
 pub mod lease;
 pub mod protocol;
+pub mod rundir;
+pub mod select;
 pub mod server;
+pub mod supervise;
+
+pub use error::SupervisorError;
+pub use supervise::{supervise, Host};

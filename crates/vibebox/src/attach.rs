@@ -109,7 +109,8 @@ pub fn ensure_running(
             None => {
                 // One client at a time decides whether to start a supervisor.
                 let lock_path = project.state_dir().join("spawn.lock");
-                let lock = crate::supervisor::open_lock_file(&lock_path)?;
+                let lock = vibebox_supervisor::supervise::open_lock_file(&lock_path)
+                    .map_err(crate::runtime::supervisor_error)?;
                 rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
                     .context("cannot lock the session")?;
                 if control::status(&socket).is_none() {
@@ -163,7 +164,7 @@ pub fn ensure_running(
 
 /// The ssh command to the guest of `project` (add `-t`/`-T` and the command).
 pub fn ssh_command(project: &Project, session: &uuid::Uuid, port: u16) -> Command {
-    let control = crate::supervisor::run_dir(session)
+    let control = vibebox_supervisor::rundir::run_dir(session)
         .map(|d| d.join("ssh-master"))
         .unwrap_or_else(|_| "none".into());
     let mut cmd = Command::new("ssh");

@@ -7,7 +7,6 @@ mod context;
 mod error;
 mod plan;
 mod runtime;
-mod supervisor;
 mod terminal;
 
 use std::process::ExitCode;
@@ -48,7 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::SshConfig) => commands::connect::ssh_config(&ctx).map(|()| 0),
         Some(Command::Stop) => commands::connect::stop(&ctx).map(|()| 0),
         Some(Command::Trust { yes }) => commands::trust::run(&ctx, yes).map(|()| 0),
-        Some(Command::Supervise { dir }) => supervisor::run(&ctx, &dir).map(|()| 0),
+        Some(Command::Supervise { dir }) => runtime::run_supervisor(&ctx, &dir).map(|()| 0),
         Some(Command::Completions { .. }) | Some(Command::KvmProbe) => Ok(0),
     }
 }

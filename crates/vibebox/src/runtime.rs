@@ -1,28 +1,52 @@
-//! Choosing the runtime that turns a session into a running machine.
+//! Runtimes at the CLI's edge: which one would run a session, and the
+//! `__supervise` command that runs one.
+
+use std::path::PathBuf;
 
 use vibebox_core::config::RuntimeChoice;
 use vibebox_core::explain::RuntimeView;
-use vibebox_core::runtime::Runtime;
-use vibebox_vm::runtime::VmRuntime;
+use vibebox_core::plan::SessionPlan;
+use vibebox_supervisor::{supervise, Host, SupervisorError};
 
 use crate::context::Context;
+use crate::error::hinted;
 
-/// Which runtime would run a session configured with `choice`, and why (in
-/// the runtime's own words: KVM or TCG, from the cached probe).
+/// The vibebox executable, which runs the guest half of the KVM probe.
+pub fn probe_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vibebox"))
+}
+
+/// Which runtime would run a session configured with `choice`, and why.
 pub fn select(ctx: &Context, choice: RuntimeChoice) -> RuntimeView {
-    let requested = choice.as_str().to_string();
-    if choice == RuntimeChoice::Container {
-        return RuntimeView {
-            requested,
-            selected: None,
-            reason: "the container runtime is not available yet in this build of vibebox".into(),
-        };
+    vibebox_supervisor::select::select(choice, &ctx.home, &probe_exe())
+}
+
+/// A supervisor error as a message (and hint, if any).
+pub fn supervisor_error(e: SupervisorError) -> anyhow::Error {
+    match e.help.clone() {
+        Some(help) => hinted(e.message, help),
+        None => anyhow::Error::new(e),
     }
-    let vm = VmRuntime::new(&ctx.home, &crate::supervisor::probe_exe());
-    let a = vm.availability();
-    RuntimeView {
-        requested,
-        selected: a.available.then(|| vm.name().to_string()),
-        reason: a.reason,
+}
+
+/// Runs `vibebox __supervise DIR`: the plan the client checked arrives as
+/// JSON on standard input.
+pub fn run_supervisor(ctx: &Context, dir: &std::path::Path) -> anyhow::Result<()> {
+    let plan: SessionPlan = serde_json::from_reader(std::io::stdin().lock()).map_err(|e| {
+        anyhow::anyhow!("the supervisor needs the start plan on its standard input: {e}")
+    })?;
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if dir != plan.project_dir {
+        anyhow::bail!(
+            "the plan is for {}, not {}",
+            plan.project_dir.display(),
+            dir.display()
+        );
     }
+    let host = Host {
+        vibebox_home: ctx.home.clone(),
+        host_home: ctx.host_home.clone(),
+        probe_exe: probe_exe(),
+    };
+    supervise(&plan, &host).map_err(supervisor_error)
 }

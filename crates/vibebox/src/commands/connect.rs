@@ -88,7 +88,7 @@ fn prepare(ctx: &Context) -> anyhow::Result<Prepared> {
     }
     let grants = super::trust::grants(ctx, &project, &config, &hosts);
     super::trust::ensure_accepted(ctx, &project, &entry.id, &grants)?;
-    crate::supervisor::run_root()?;
+    vibebox_supervisor::rundir::run_root().map_err(crate::runtime::supervisor_error)?;
     let runtime = crate::runtime::select(ctx, config.runtime);
     if runtime.selected.is_none() {
         return Err(hinted(

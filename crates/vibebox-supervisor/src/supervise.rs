@@ -11,20 +11,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use vibebox_core::config::Config;
 use vibebox_core::policy::Policy;
 use vibebox_core::project::Project;
 use vibebox_core::runtime::{Machine, NetworkEndpoint, Runtime, StartEvents, StartRequest};
 use vibebox_net::engine;
-use vibebox_supervisor::protocol::{self, SessionState};
-use vibebox_supervisor::server::Server;
 use vibebox_vm::process::{spawn_tied, wait_for, Tied};
 use vibebox_vm::qemu::GUEST_NIC_MAC;
 use vibebox_vm::ssh;
 
-use crate::context::Context;
-use crate::plan::SessionPlan;
+use vibebox_core::plan::SessionPlan;
+
+use crate::error::{Because, SupervisorError};
+use crate::protocol::{self, SessionState};
+use crate::rundir::run_dir;
+use crate::server::Server;
 
 /// The supervisor's reports while a runtime starts or stops the machine:
 /// progress goes to the attached clients, log lines to supervisor.log.
@@ -42,75 +43,14 @@ impl StartEvents for Events<'_, '_> {
     }
 }
 
-/// The vibebox executable, which runs the guest half of the KVM probe.
-pub fn probe_exe() -> PathBuf {
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vibebox"))
-}
-
 /// Opens (creating it if needed) a file used only for `flock`.
-pub fn open_lock_file(path: &Path) -> anyhow::Result<fs::File> {
+pub fn open_lock_file(path: &Path) -> Result<fs::File, SupervisorError> {
     fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))
-}
-
-/// A short private directory for the helpers' sockets (unix socket paths are
-/// limited to 108 bytes, project paths are not): `$XDG_RUNTIME_DIR/vibebox`
-/// when set, else `/tmp/vibebox-<uid>`, created 0700 and verified to be a
-/// real directory this user owns that nobody else can write — never one
-/// another user made.
-pub fn run_root() -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let uid = rustix::process::getuid().as_raw();
-    let xdg = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute());
-    let root = match &xdg {
-        Some(x) => x.join("vibebox"),
-        None => std::env::temp_dir().join(format!("vibebox-{uid}")),
-    };
-    match fs::DirBuilder::new().mode(0o700).create(&root) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("cannot create {}", root.display())))
-        }
-    }
-    let meta =
-        fs::symlink_metadata(&root).with_context(|| format!("cannot read {}", root.display()))?;
-    let problem = if meta.file_type().is_symlink() || !meta.is_dir() {
-        Some("is not a directory (a symlink or a file)")
-    } else if meta.uid() != uid {
-        Some("belongs to another user")
-    } else if meta.mode() & 0o077 != 0 {
-        Some("can be read or written by other users")
-    } else {
-        None
-    };
-    if let Some(problem) = problem {
-        return Err(crate::error::hinted(
-            format!(
-                "the run directory {} {problem}; vibebox will not put its sockets there",
-                root.display()
-            ),
-            match xdg {
-                Some(_) => "check XDG_RUNTIME_DIR (it must be yours, mode 0700)".to_string(),
-                None => format!(
-                    "remove {} if it is not yours, or set XDG_RUNTIME_DIR to a private directory",
-                    root.display()
-                ),
-            },
-        ));
-    }
-    Ok(root)
-}
-
-/// The run directory of `session` (see [`run_root`]).
-pub fn run_dir(session: &uuid::Uuid) -> anyhow::Result<PathBuf> {
-    Ok(run_root()?.join(session.simple().to_string()))
+        .because(|| format!("cannot open {}", path.display()))
 }
 
 /// Starts the network engine on `socket`: it serves the QEMU that connects
@@ -121,16 +61,16 @@ fn start_engine(
     config: &Config,
     socket: &Path,
     ssh: std::net::TcpListener,
-) -> anyhow::Result<()> {
-    let listener = UnixListener::bind(socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+) -> Result<(), SupervisorError> {
+    let listener =
+        UnixListener::bind(socket).because(|| format!("cannot listen on {}", socket.display()))?;
     let path = project.logs_dir().join("network.log");
     let log = vibebox_net::log::RotatingLog::open(&path, vibebox_net::log::NETWORK_LOG_MAX)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+        .because(|| format!("cannot open {}", path.display()))?;
     // The host's SSH connections reach the guest's sshd through the engine too.
     let mut forwards = vec![(ssh, 22)];
     for (i, (host_port, guest_port)) in config.network.expose.iter().enumerate() {
-        let l = std::net::TcpListener::bind(("127.0.0.1", *host_port)).with_context(|| {
+        let l = std::net::TcpListener::bind(("127.0.0.1", *host_port)).because(|| {
             format!(
                 "cannot expose guest port {guest_port} on 127.0.0.1:{host_port} (network.expose[{i}] in vibebox.toml)"
             )
@@ -178,7 +118,7 @@ const SSH_MASTER_TIMEOUT: Duration = Duration::from_secs(60);
 /// reported running: every client's ssh then multiplexes over it
 /// (`ControlMaster=auto` finds its socket), so many clients at once never
 /// race to open their own first connections (which sshd would drop).
-fn start_ssh_master(project: &Project, run_dir: &Path, port: u16) -> anyhow::Result<Tied> {
+fn start_ssh_master(project: &Project, run_dir: &Path, port: u16) -> Result<Tied, SupervisorError> {
     let control = run_dir.join("ssh-master");
     let _ = fs::remove_file(&control);
     let mut cmd = Command::new("ssh");
@@ -187,24 +127,37 @@ fn start_ssh_master(project: &Project, run_dir: &Path, port: u16) -> anyhow::Res
         .args(ssh::options(&project.ssh_dir(), port, &control))
         .arg("vibecoder@127.0.0.1");
     let mut children = vec![spawn_tied(&mut cmd, &project.logs_dir().join("ssh.log"))?];
-    wait_for(&control, SSH_MASTER_TIMEOUT, &mut children)
-        .context("the shared SSH connection did not open (see .vibebox/logs/ssh.log)")?;
+    wait_for(&control, SSH_MASTER_TIMEOUT, &mut children).because(|| {
+        "the shared SSH connection did not open (see .vibebox/logs/ssh.log)".to_string()
+    })?;
     Ok(children.remove(0))
 }
 
-/// Runs the supervisor of the project at `dir` until the session stops.
-///
-/// The start plan the client checked arrives as JSON on standard input; the
-/// supervisor never reads `vibebox.toml` itself.
-pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
-    let plan: SessionPlan = serde_json::from_reader(std::io::stdin().lock())
-        .context("the supervisor needs the start plan on its standard input")?;
+/// Where a supervisor finds what it needs on the host.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// `VIBEBOX_HOME`.
+    pub vibebox_home: PathBuf,
+    /// The host user's home.
+    pub host_home: PathBuf,
+    /// The vibebox executable (runs the guest half of the KVM probe).
+    pub probe_exe: PathBuf,
+}
+
+/// Runs the supervisor of the session of `plan` until the session stops:
+/// the control server, the network engine, the machine (through its
+/// runtime), the shared SSH connection, the lease. The plan is what the
+/// client checked; the supervisor never reads `vibebox.toml` itself.
+pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError> {
     let config = plan
         .config()
-        .map_err(|p| anyhow::Error::new(p).context("the checked config does not parse"))?;
-    let project = Project::at(dir);
-    project.check_state_dir()?;
-    fs::create_dir_all(project.logs_dir())?;
+        .because(|| "the checked config does not parse".to_string())?;
+    let project = plan.project();
+    project
+        .check_state_dir()
+        .because(|| "the project cannot be used".to_string())?;
+    fs::create_dir_all(project.logs_dir())
+        .because(|| format!("cannot create {}", project.logs_dir().display()))?;
     let mut log = |m: &str| eprintln!("[{}] {m}", jiff::Timestamp::now());
     // One supervisor per session: the lock is held for the life of the process.
     let lock_path = project.state_dir().join("supervisor.lock");
@@ -217,15 +170,18 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
         // The previous supervisor is shutting its machine down: wait for it.
         log("waiting for the previous supervisor to finish stopping");
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .context("cannot lock the session")?;
+            .because(|| "cannot lock the session".to_string())?;
     }
     let session = project
-        .read_session_id()?
-        .ok_or_else(|| anyhow::anyhow!("{} has no session", project.dir().display()))?;
+        .read_session_id()
+        .because(|| "cannot read the session".to_string())?
+        .ok_or_else(|| {
+            SupervisorError::new(format!("{} has no session", project.dir().display()))
+        })?;
     let socket = project.socket_path();
     let _ = fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let listener =
+        UnixListener::bind(&socket).because(|| format!("cannot listen on {}", socket.display()))?;
     let grace = Duration::from_millis(config.auto_shutdown_ms);
     let state = Server::new(std::process::id(), grace);
     state.listen(listener);
@@ -235,15 +191,15 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
     ));
     let run_dir = run_dir(&session)?;
     let _ = fs::remove_dir_all(&run_dir);
-    let started = (|| -> anyhow::Result<(Box<dyn Machine>, Tied)> {
+    let started = (|| -> Result<(Box<dyn Machine>, Tied), SupervisorError> {
         use std::os::unix::fs::DirBuilderExt;
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&run_dir)
-            .with_context(|| format!("cannot create {}", run_dir.display()))?;
-        let runtime = vibebox_vm::runtime::VmRuntime::new(&ctx.home, &probe_exe());
+            .because(|| format!("cannot create {}", run_dir.display()))?;
+        let runtime = vibebox_vm::runtime::VmRuntime::new(&host.vibebox_home, &host.probe_exe);
         let ssh_listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .context("cannot open a local port for SSH")?;
+            .because(|| "cannot open a local port for SSH".to_string())?;
         let ssh_port = ssh_listener.local_addr()?.port();
         let network = NetworkEndpoint {
             socket: run_dir.join("net.sock"),
@@ -254,10 +210,10 @@ pub fn run(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
         };
         start_engine(&project, &config, &network.socket, ssh_listener)?;
         let request = StartRequest {
-            plan: &plan,
+            plan,
             config: &config,
-            vibebox_home: &ctx.home,
-            host_home: &ctx.host_home,
+            vibebox_home: &host.vibebox_home,
+            host_home: &host.host_home,
             run_dir: &run_dir,
             network: &network,
         };
