@@ -34,6 +34,7 @@ use smoltcp::wire::{
 };
 use vibebox_core::policy::{Policy, Verdict};
 
+use crate::link::FrameLink;
 use crate::log::{EventKind, NetworkEvent, RateLimitedLog};
 use crate::sniff::{Decision, Inspector, SERVER_FIRST_WAIT};
 use crate::synthetic::SyntheticPool;
@@ -736,31 +737,21 @@ impl Engine {
     }
 
     /// Runs the engine on `stream` (QEMU's `-netdev stream`) until it closes.
-    pub fn run(mut self, mut stream: UnixStream) -> io::Result<()> {
-        stream.set_nonblocking(true)?;
-        let mut inbuf: Vec<u8> = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
+    pub fn run(self, stream: UnixStream) -> io::Result<()> {
+        self.run_link(crate::link::StreamLink::new(stream)?)
+    }
+
+    /// Runs the engine on any frame link (a TAP, a packet socket on a veth)
+    /// until the peer is gone.
+    pub fn run_link(mut self, mut link: impl FrameLink) -> io::Result<()> {
+        let mut frames = Vec::new();
         loop {
             let mut activity = false;
-            loop {
-                match stream.read(&mut chunk) {
-                    Ok(0) => return Ok(()),
-                    Ok(n) => {
-                        inbuf.extend_from_slice(&chunk[..n]);
-                        activity = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
+            if !link.receive(&mut frames)? {
+                return Ok(());
             }
-            while inbuf.len() >= 4 {
-                let len = u32::from_be_bytes([inbuf[0], inbuf[1], inbuf[2], inbuf[3]]) as usize;
-                if inbuf.len() < 4 + len {
-                    break;
-                }
-                let frame: Vec<u8> = inbuf[4..4 + len].to_vec();
-                inbuf.drain(..4 + len);
+            for frame in frames.drain(..) {
+                activity = true;
                 self.inspect(&frame);
                 self.device.rx.push_back(frame);
             }
@@ -772,13 +763,11 @@ impl Engine {
             let now = self.now();
             self.iface.poll(now, &mut self.device, &mut self.sockets);
             for frame in self.device.tx.drain(..) {
-                let mut out = (frame.len() as u32).to_be_bytes().to_vec();
-                out.extend_from_slice(&frame);
-                write_all_blocking(&mut stream, &out)?;
+                link.send(&frame)?;
                 activity = true;
             }
             if !activity {
-                self.wait_for_work(&stream);
+                self.wait_for_work(link.fd());
             }
         }
     }
@@ -787,7 +776,7 @@ impl Engine {
 impl Engine {
     /// Sleeps until a frame arrives, a host socket or forward is ready, or a
     /// stack timer is due; short while connections are being set up.
-    fn wait_for_work(&mut self, stream: &UnixStream) {
+    fn wait_for_work(&mut self, link: std::os::fd::BorrowedFd<'_>) {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
         let settling = self.conns.iter().any(|c| {
             matches!(c.phase, Phase::Waiting { .. } | Phase::Resolving { .. })
@@ -802,7 +791,7 @@ impl Engine {
         if let Some(d) = self.iface.poll_delay(now, &self.sockets) {
             timeout = timeout.min(Duration::from_micros(d.total_micros()));
         }
-        let mut fds = vec![PollFd::new(stream, PollFlags::IN)];
+        let mut fds = vec![PollFd::from_borrowed_fd(link, PollFlags::IN)];
         for (l, _) in &self.forwards {
             fds.push(PollFd::new(l, PollFlags::IN));
         }
@@ -833,24 +822,4 @@ impl Engine {
         };
         let _ = poll(&mut fds, Some(&ts));
     }
-}
-
-fn write_all_blocking(stream: &mut UnixStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match stream.write(data) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "QEMU closed the network stream",
-                ))
-            }
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_micros(200))
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

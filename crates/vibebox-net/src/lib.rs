@@ -11,12 +11,15 @@
 //!   allowed connections through host sockets;
 //! - [`sniff`]: classifies what the guest sends to a name before any of it
 //!   leaves the host (TLS SNI, every HTTP/1 request's Host, SSH, git);
+//! - [`link`]: where frames come from: QEMU's stream, or a TAP / packet
+//!   socket (one frame per read);
 //! - [`upstream`]: host-side name resolution on a fixed pool and
 //!   non-blocking connects.
 #![warn(missing_docs)]
 
 pub mod dns;
 pub mod engine;
+pub mod link;
 pub mod log;
 pub mod sniff;
 pub mod synthetic;
