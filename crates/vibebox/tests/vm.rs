@@ -79,6 +79,16 @@ fn session_lifecycle_in_a_real_vm() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The first line of a start names the runtime and its isolation.
+    let first = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find(|l| l.starts_with("vibebox: starting session"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        first.contains("in a virtual machine with its own kernel (QEMU"),
+        "{first:?}"
+    );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         &lines[..4],

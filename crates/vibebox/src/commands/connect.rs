@@ -22,12 +22,23 @@ struct Prepared {
     config_source: String,
     hosts: Vec<std::path::PathBuf>,
     entry: SessionEntry,
+    runtime: vibebox_core::explain::RuntimeView,
 }
 
 impl Prepared {
     /// The start plan, made only when a supervisor must be started: it walks
     /// the shares to plan their protections.
     fn plan(&self, ctx: &Context) -> anyhow::Result<SessionPlan> {
+        // The first line of a start names the runtime and the isolation it gives.
+        let isolation = match self.runtime.selected.as_deref() {
+            Some("vm") => "a virtual machine with its own kernel",
+            Some("container") => "a container that shares the host's kernel",
+            _ => "an unknown runtime",
+        };
+        eprintln!(
+            "vibebox: starting session {} in {isolation} ({})",
+            self.entry.id, self.runtime.reason
+        );
         let (shares, warnings) =
             crate::plan::shares(ctx, &self.project, &self.config, &self.hosts, true)?;
         for w in &warnings {
@@ -97,6 +108,7 @@ fn prepare(ctx: &Context) -> anyhow::Result<Prepared> {
         ));
     }
     Ok(Prepared {
+        runtime,
         project,
         config,
         config_source,
