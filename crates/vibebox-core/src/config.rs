@@ -44,8 +44,10 @@ mounts = ["~/.codex:~/.codex:read-write", "~/.claude:~/.claude:read-write"]
 # protect = ["secrets/"]
 
 [supervisor]
-# Shut the machine down this long after the last terminal leaves; its disk stays.
+# Stop the machine this long after the last terminal leaves; its disk stays.
 auto_shutdown_ms = 20000
+# suspend: save it with its processes (the next start resumes them); shutdown: power off.
+# on_idle = "suspend"
 
 [network]
 # allowlist: only the entries are reachable; blocklist: everything but the entries.
@@ -75,7 +77,33 @@ const BOX_KEYS: &[&str] = &[
     "image",
     "protect",
 ];
-const SUPERVISOR_KEYS: &[&str] = &["auto_shutdown_ms"];
+const SUPERVISOR_KEYS: &[&str] = &["auto_shutdown_ms", "on_idle"];
+
+/// What the supervisor does when nobody held the session for its grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnIdle {
+    /// Save memory and devices; the next start resumes with processes running.
+    Suspend,
+    /// Power the guest off; the next start boots.
+    Shutdown,
+}
+
+impl OnIdle {
+    /// The words allowed in `vibebox.toml`.
+    pub const ALLOWED: &'static [&'static str] = &["suspend", "shutdown"];
+}
+
+impl FromStr for OnIdle {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "suspend" => Ok(OnIdle::Suspend),
+            "shutdown" => Ok(OnIdle::Shutdown),
+            _ => Err(()),
+        }
+    }
+}
 const NETWORK_KEYS: &[&str] = &["mode", "entries", "hosts", "expose", "max_connections"];
 
 /// The default cap on a session's concurrent network connections.
@@ -181,6 +209,8 @@ pub struct Config {
     pub image: ImageName,
     /// Grace period after the last client leaves, in milliseconds.
     pub auto_shutdown_ms: u64,
+    /// What happens when the grace period is over.
+    pub on_idle: OnIdle,
     /// Egress policy.
     pub network: NetworkConfig,
     /// More paths the box may read but never write (`[box] protect`), as written.
@@ -207,6 +237,7 @@ impl Default for Config {
             runtime: RuntimeChoice::Auto,
             image: ImageName::default(),
             auto_shutdown_ms: 20_000,
+            on_idle: OnIdle::Suspend,
             network: NetworkConfig::default(),
             protect: Vec::new(),
         }
@@ -552,6 +583,9 @@ impl Config {
             if let Some(n) = c.integer(t, "supervisor", "auto_shutdown_ms", 0..86_400_001) {
                 config.auto_shutdown_ms = n as u64;
             }
+            if let Some(v) = c.choice(t, "supervisor", "on_idle", OnIdle::ALLOWED) {
+                config.on_idle = v;
+            }
         }
 
         if let Some(t) = c.section(root, "network") {
@@ -780,7 +814,7 @@ mod tests {
         let p = one_problem("[supervisor]\nzzz = 1\n");
         assert_eq!(
             p.help.as_deref(),
-            Some("allowed in [supervisor]: auto_shutdown_ms")
+            Some("allowed in [supervisor]: auto_shutdown_ms, on_idle")
         );
     }
 
@@ -870,6 +904,15 @@ mod tests {
             let e = parse(&format!("[network]\nexpose = {bad}\n")).unwrap_err();
             assert!(e.to_string().contains("network.expose"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn on_idle_suspends_unless_told_otherwise() {
+        assert_eq!(Config::default().on_idle, OnIdle::Suspend);
+        let c = parse("[supervisor]\non_idle = \"shutdown\"\n").unwrap();
+        assert_eq!(c.on_idle, OnIdle::Shutdown);
+        let p = one_problem("[supervisor]\non_idle = \"hibernate\"\n");
+        assert_eq!(p.key.as_deref(), Some("supervisor.on_idle"));
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct Resources {
     pub disk_gb: u32,
     /// Grace period after the last client leaves (ms).
     pub auto_shutdown_ms: u64,
+    /// What happens then: suspend or shutdown.
+    pub on_idle: crate::config::OnIdle,
 }
 
 /// Everything `explain` reports.
@@ -126,6 +128,7 @@ impl Explanation {
                 ram_mb: config.ram_mb,
                 disk_gb: config.disk_gb,
                 auto_shutdown_ms: config.auto_shutdown_ms,
+                on_idle: config.on_idle,
             },
             runtime,
             image,

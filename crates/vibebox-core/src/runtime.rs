@@ -72,8 +72,17 @@ pub trait Machine: Send {
     /// `Some(how)` once the machine has ended by itself.
     fn exited(&mut self) -> Option<String>;
     /// Shuts the machine down cleanly (and forcibly after a while), and
-    /// everything it started.
+    /// everything it started. A suspended state, if any, is discarded.
     fn shutdown(self: Box<Self>, events: &mut dyn StartEvents);
+    /// Saves the machine (memory, devices, processes) so that the next start
+    /// resumes it, and stops it. On failure the machine is powered off
+    /// instead, and the error says why.
+    fn suspend(self: Box<Self>, events: &mut dyn StartEvents) -> Result<(), RuntimeError> {
+        self.shutdown(events);
+        Err(RuntimeError(
+            "this runtime cannot suspend; the box was powered off".into(),
+        ))
+    }
 }
 
 /// Turns session plans into running machines.

@@ -21,8 +21,12 @@ pub enum Request {
     Status,
     /// Hold a reference and follow the status.
     Attach,
-    /// Stop the session now.
-    Stop,
+    /// Stop the session now: suspend it, or power it off with `shutdown`.
+    Stop {
+        /// Power off instead of suspending (and forget a suspended state).
+        #[serde(default)]
+        shutdown: bool,
+    },
 }
 
 /// A running supervisor's session state (a session without one is stopped).
@@ -123,10 +127,11 @@ impl Attachment {
     }
 }
 
-/// Asks the supervisor at `socket` to stop the session, and waits until it no
-/// longer answers (at most a minute).
-pub fn stop(socket: &Path) -> std::io::Result<()> {
-    drop(request(socket, Request::Stop)?);
+/// Asks the supervisor at `socket` to stop the session (suspend it, or power
+/// it off with `shutdown`), and waits until it no longer answers (at most a
+/// minute).
+pub fn stop(socket: &Path, shutdown: bool) -> std::io::Result<()> {
+    drop(request(socket, Request::Stop { shutdown })?);
     let start = std::time::Instant::now();
     while status(socket).is_some() {
         if start.elapsed() > Duration::from_secs(60) {
@@ -152,7 +157,11 @@ mod tests {
         );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"stop"}"#).unwrap(),
-            Request::Stop
+            Request::Stop { shutdown: false }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Stop { shutdown: true }).unwrap(),
+            r#"{"op":"stop","shutdown":true}"#
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"rm -rf"}"#).is_err());
         let s = Status {

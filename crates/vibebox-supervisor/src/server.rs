@@ -14,11 +14,23 @@ use crate::protocol::{read_line, Request, SessionState, Status};
 pub struct Shared {
     /// What clients are told.
     pub status: Status,
-    /// A client asked to stop.
-    pub stop: bool,
+    /// A client asked to stop: `Some(shutdown)`.
+    pub stop: Option<bool>,
     /// Clients and grace.
     pub lease: Lease,
     generation: u64,
+}
+
+/// Why the machine should go down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A client asked (`vibebox stop`, `--shutdown` to power off).
+    Requested {
+        /// Power off instead of suspending.
+        shutdown: bool,
+    },
+    /// Nobody held the session for its whole grace period.
+    Idle,
 }
 
 /// A handle on the server's state (cheap to clone).
@@ -40,7 +52,7 @@ impl Server {
                         pid: Some(pid),
                         detail: None,
                     },
-                    stop: false,
+                    stop: None,
                     lease: Lease::new(grace, Instant::now()),
                     generation: 0,
                 }),
@@ -87,13 +99,13 @@ impl Server {
     }
 
     /// Whether a client asked to stop, or nobody held the session for its
-    /// whole grace period: `Some(reason)` when the machine should go down.
-    pub fn should_stop(&self) -> Option<&'static str> {
+    /// whole grace period: `Some(Stop)` when the machine should go down.
+    pub fn should_stop(&self) -> Option<Stop> {
         let s = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
-        if s.stop {
-            Some("stop requested")
+        if let Some(shutdown) = s.stop {
+            Some(Stop::Requested { shutdown })
         } else if s.lease.idle(Instant::now()) {
-            Some("no clients for the whole grace period")
+            Some(Stop::Idle)
         } else {
             None
         }
@@ -133,7 +145,7 @@ impl Server {
             Some(Request::Status) => {
                 Server::send(&mut stream, &self.status());
             }
-            Some(Request::Stop) => self.update(|s| s.stop = true),
+            Some(Request::Stop { shutdown }) => self.update(|s| s.stop = Some(shutdown)),
             Some(Request::Attach) => self.attached(stream, reader),
         }
     }
@@ -224,6 +236,9 @@ mod tests {
         send(b"{\"op\":\"format-disk\"}\n");
         assert_eq!(server.should_stop(), None);
         send(b"{\"op\":\"stop\"}\n");
-        assert_eq!(server.should_stop(), Some("stop requested"));
+        assert_eq!(
+            server.should_stop(),
+            Some(Stop::Requested { shutdown: false })
+        );
     }
 }

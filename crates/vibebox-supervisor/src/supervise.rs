@@ -25,7 +25,8 @@ use vibebox_core::plan::SessionPlan;
 use crate::error::{Because, SupervisorError};
 use crate::protocol::{self, SessionState};
 use crate::rundir::run_dir;
-use crate::server::Server;
+use crate::server::{Server, Stop};
+use vibebox_core::config::OnIdle;
 
 /// The supervisor's reports while a runtime starts or stops the machine:
 /// progress goes to the attached clients, log lines to supervisor.log.
@@ -250,24 +251,44 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         }
     };
     state.set_state(SessionState::Running);
-    loop {
+    // Suspend (the default) or power off, as asked or as `on_idle` says;
+    // `None` once the machine ended by itself.
+    let suspend = loop {
         std::thread::sleep(Duration::from_millis(100));
         if let Some(how) = machine.exited() {
             log(&how);
-            break;
+            break None;
         }
-        if let Some(why) = state.should_stop() {
-            log(why);
-            break;
+        match state.should_stop() {
+            Some(Stop::Requested { shutdown }) => {
+                log(if shutdown {
+                    "power-off requested"
+                } else {
+                    "stop requested"
+                });
+                break Some(!shutdown);
+            }
+            Some(Stop::Idle) => {
+                log("no clients for the whole grace period");
+                break Some(config.on_idle == OnIdle::Suspend);
+            }
+            None => {}
         }
-    }
+    };
     // Clients that arrive now see "stopping" and wait for the socket to go.
     state.set_state(SessionState::Stopping);
     drop(master);
-    machine.shutdown(&mut Events {
+    let mut events = Events {
         server: &state,
         log: &mut log,
-    });
+    };
+    if suspend == Some(true) {
+        if let Err(e) = machine.suspend(&mut events) {
+            events.log(&e.to_string());
+        }
+    } else {
+        machine.shutdown(&mut events);
+    }
     let _ = fs::remove_dir_all(&run_dir);
     let _ = fs::remove_file(&socket);
     log("stopped");

@@ -14,6 +14,7 @@ pub mod disk;
 pub mod kvm;
 pub mod process;
 pub mod qemu;
+pub mod qmp;
 pub mod runtime;
 pub mod ssh;
 pub mod virtiofs;

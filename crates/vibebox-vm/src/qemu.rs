@@ -56,6 +56,13 @@ pub struct Machine {
     /// A unix socket the host listens on: QEMU connects and writes the guest
     /// console there (the host writes it to a capped log).
     pub console_socket: PathBuf,
+    /// Guest RAM in this file (shared), so that a suspend saves only the
+    /// device state; `None`: an anonymous memfd.
+    pub ram_file: Option<PathBuf>,
+    /// Wait for a saved state (`-incoming defer`) instead of booting.
+    pub incoming: bool,
+    /// The VM generation id: a new one after every resume reseeds the guest's RNG.
+    pub vmgenid: Option<String>,
     /// virtiofs shares.
     pub shares: Vec<Share>,
 }
@@ -99,7 +106,14 @@ impl Machine {
             Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
         }
         // Shared memory: vhost-user (virtiofsd) maps the guest's RAM.
-        let mem = format!("memory-backend-memfd,id=mem,size={}M,share=on", self.ram_mb);
+        let mem = match &self.ram_file {
+            Some(f) => format!(
+                "memory-backend-file,id=mem,size={}M,mem-path={},share=on",
+                self.ram_mb,
+                path(f)
+            ),
+            None => format!("memory-backend-memfd,id=mem,size={}M,share=on", self.ram_mb),
+        };
         push(&[
             "-nodefaults",
             "-no-user-config",
@@ -169,6 +183,12 @@ impl Machine {
             "-qmp",
             &format!("unix:{},server=on,wait=off", path(&self.qmp_socket)),
         ]);
+        if let Some(id) = &self.vmgenid {
+            push(&["-device", &format!("vmgenid,guid={id}")]);
+        }
+        if self.incoming {
+            push(&["-incoming", "defer"]);
+        }
         for (i, s) in self.shares.iter().enumerate() {
             push(&[
                 "-chardev",
@@ -199,6 +219,9 @@ mod tests {
             control_socket: "/run/ctl.sock".into(),
             qmp_socket: "/run/qmp.sock".into(),
             console_socket: "/run/v/console.sock".into(),
+            ram_file: None,
+            incoming: false,
+            vmgenid: None,
             shares: vec![Share {
                 tag: "m0".into(),
                 socket: "/run/fs0.sock".into(),

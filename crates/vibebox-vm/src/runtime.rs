@@ -24,8 +24,10 @@ use vibebox_core::runtime::{
 use crate::kvm::KvmVerdict;
 use crate::process::{spawn_tied, wait_for, Tied};
 use crate::qemu::{Accel, Machine, Share};
+use crate::qmp::Qmp;
 use crate::virtiofs::ShareSpec;
 use crate::{disk, ssh, virtiofs};
+use serde_json::json;
 
 /// How long the guest may take from QEMU start to "ready" (TCG is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -132,7 +134,7 @@ impl Runtime for VmRuntime {
         } else {
             Accel::Tcg
         };
-        let pubkey = prepare_disk_and_keys(req, &project, events)?;
+        let (pubkey, base_sha) = prepare_disk_and_keys(req, &project, events)?;
         events.log(&format!(
             "accelerator: {accel:?} ({})",
             self.verdict().reason
@@ -140,9 +142,57 @@ impl Runtime for VmRuntime {
         let empty = req.run_dir.join("empty");
         fs::create_dir_all(&empty)
             .map_err(|e| fail(format!("cannot create {}: {e}", empty.display())))?;
+        let saved = SavedState::at(&project)?;
+        let fingerprint = Fingerprint::of(req, accel, &base_sha);
+        match saved.fingerprint() {
+            Some(old) if old == fingerprint => {
+                events.progress("resuming the suspended box");
+                match start_machine(
+                    req,
+                    &project,
+                    accel,
+                    &pubkey,
+                    &saved,
+                    &fingerprint,
+                    true,
+                    events,
+                ) {
+                    Ok(m) => {
+                        saved.consumed();
+                        return Ok(Box::new(m));
+                    }
+                    Err(Start::EarlyExit(e)) | Err(Start::Failed(RuntimeError(e))) => {
+                        let why = format!(
+                            "the suspended state could not be resumed ({e}); booting afresh"
+                        );
+                        events.log(&why);
+                        events.progress(&why);
+                    }
+                }
+            }
+            Some(old) => {
+                let why = format!(
+                    "the suspended state was saved for another machine ({}); booting afresh",
+                    old.difference(&fingerprint)
+                );
+                events.log(&why);
+                events.progress(&why);
+            }
+            None => {}
+        }
+        saved.discard();
         let mut attempt = 1;
         loop {
-            match start_machine(req, &project, accel, &pubkey, events) {
+            match start_machine(
+                req,
+                &project,
+                accel,
+                &pubkey,
+                &saved,
+                &fingerprint,
+                false,
+                events,
+            ) {
                 Ok(m) => return Ok(Box::new(m)),
                 Err(Start::EarlyExit(msg)) if attempt < 3 => {
                     // QEMU occasionally resets in the firmware with a
@@ -159,12 +209,13 @@ impl Runtime for VmRuntime {
 }
 
 /// Checks the image and the instance disk (made on first use, bound to the
-/// exact base it was made on), makes the key pair; returns the public key.
+/// exact base it was made on), makes the key pair; returns the public key
+/// and the base image's sha256.
 fn prepare_disk_and_keys(
     req: &StartRequest<'_>,
     project: &Project,
     events: &mut dyn StartEvents,
-) -> Result<String, RuntimeError> {
+) -> Result<(String, String), RuntimeError> {
     let name = &req.config.image;
     let image = name.dir(req.vibebox_home);
     for f in ["disk.img", "vmlinux", "initrd.img", "manifest.toml"] {
@@ -205,7 +256,7 @@ fn prepare_disk_and_keys(
         events.log("created the instance disk");
     }
     disk::check_overlay(&project.disk_path()).map_err(vm)?;
-    Ok(pubkey)
+    Ok((pubkey, base_sha))
 }
 
 /// Why one attempt at starting QEMU failed.
@@ -317,6 +368,174 @@ pub struct VmMachine {
     qemu: Tied,
     helpers: Vec<Tied>,
     control: UnixStream,
+    qmp_socket: std::path::PathBuf,
+    saved: SavedState,
+    fingerprint: Fingerprint,
+}
+
+/// What a saved state was made for: a resume needs the same machine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    base_sha: String,
+    guest_version: String,
+    accel: String,
+    cpus: u32,
+    ram_mb: u32,
+    shares: Vec<(std::path::PathBuf, String, MountMode)>,
+}
+
+impl Fingerprint {
+    fn of(req: &StartRequest<'_>, accel: Accel, base_sha: &str) -> Fingerprint {
+        Fingerprint {
+            base_sha: base_sha.to_string(),
+            guest_version: vibebox_image::guest_version(),
+            accel: format!("{accel:?}"),
+            cpus: req.config.cpu_count,
+            ram_mb: req.config.ram_mb,
+            shares: req
+                .plan
+                .shares
+                .iter()
+                .map(|s| (s.host.clone(), s.guest.clone(), s.mode))
+                .collect(),
+        }
+    }
+
+    /// What differs from `now`, for a person.
+    fn difference(&self, now: &Fingerprint) -> String {
+        let mut d = Vec::new();
+        if self.base_sha != now.base_sha || self.guest_version != now.guest_version {
+            d.push("the base image changed");
+        }
+        if self.accel != now.accel {
+            d.push("the accelerator changed");
+        }
+        if self.cpus != now.cpus || self.ram_mb != now.ram_mb {
+            d.push("cpu_count or ram_mb changed");
+        }
+        if self.shares != now.shares {
+            d.push("the mounts changed");
+        }
+        d.join(", ")
+    }
+}
+
+/// The suspended state of a session, in `.vibebox/state/`: the guest's RAM
+/// (`ram`, also its live memory while it runs), the devices (`dev.state`) and
+/// what they were saved for (`suspend.json`).
+#[derive(Debug, Clone)]
+pub struct SavedState {
+    dir: std::path::PathBuf,
+}
+
+impl SavedState {
+    fn at(project: &Project) -> Result<SavedState, RuntimeError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = project.state_dir().join("state");
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fail(format!("cannot create {}: {e}", dir.display()))),
+        }
+        Ok(SavedState { dir })
+    }
+
+    fn ram(&self) -> std::path::PathBuf {
+        self.dir.join("ram")
+    }
+
+    fn dev_state(&self) -> std::path::PathBuf {
+        self.dir.join("dev.state")
+    }
+
+    fn record(&self) -> std::path::PathBuf {
+        self.dir.join("suspend.json")
+    }
+
+    /// What the saved state was made for, if there is one.
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        if !self.dev_state().is_file() {
+            return None;
+        }
+        let text = fs::read_to_string(self.record()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The state was loaded: the RAM file is the running guest's memory again.
+    fn consumed(&self) {
+        let _ = fs::remove_file(self.dev_state());
+        let _ = fs::remove_file(self.record());
+    }
+
+    /// Forgets the saved state, RAM included.
+    fn discard(&self) {
+        self.consumed();
+        let _ = fs::remove_file(self.ram());
+    }
+}
+
+/// Whether `.vibebox/state/` holds a suspended box.
+pub fn is_suspended(project: &Project) -> bool {
+    project.state_dir().join("state/dev.state").is_file()
+}
+
+/// Forgets a suspended box (the next start boots).
+pub fn discard_suspended(project: &Project) {
+    SavedState {
+        dir: project.state_dir().join("state"),
+    }
+    .discard();
+}
+
+/// `x-ignore-shared`: the RAM lives in the shared file, the migration stream
+/// holds only the devices.
+fn ignore_shared() -> serde_json::Value {
+    json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })
+}
+
+/// Waits until an incoming migration has loaded: `paused` or `running`.
+fn wait_loaded(qmp: &mut Qmp) -> Result<String, crate::VmError> {
+    let start = Instant::now();
+    loop {
+        let r = qmp.execute("query-status", json!({}))?;
+        let status = r
+            .get("status")
+            .and_then(|s| s.as_str())
+            .unwrap_or("")
+            .to_string();
+        match status.as_str() {
+            "paused" | "running" => return Ok(status),
+            "inmigrate" | "prelaunch" | "postmigrate"
+                if start.elapsed() < Duration::from_secs(60) =>
+            {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => {
+                return Err(crate::VmError::Setup(format!(
+                    "the saved devices did not load (the machine is {other:?})"
+                )))
+            }
+        }
+    }
+}
+
+/// A random (v4) UUID for vmgenid.
+fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 impl RunningMachine for VmMachine {
@@ -344,16 +563,80 @@ impl RunningMachine for VmMachine {
         }
         // Dropping kills and reaps the helpers, then QEMU (if still there).
         drop(std::mem::take(&mut self.helpers));
+        // A powered-off box has nothing to resume.
+        self.saved.discard();
+    }
+
+    fn suspend(mut self: Box<Self>, events: &mut dyn StartEvents) -> Result<(), RuntimeError> {
+        events.log("suspending: saving the devices (the memory is already in its file)");
+        let tmp = self.saved.dev_state().with_extension("tmp");
+        let started = Instant::now();
+        let saved = (|| -> Result<(), crate::VmError> {
+            let mut q = Qmp::connect(&self.qmp_socket, Duration::from_secs(5))?;
+            q.execute("migrate-set-capabilities", ignore_shared())?;
+            q.execute("stop", json!({}))?;
+            q.execute(
+                "migrate",
+                json!({ "uri": format!("file:{}", tmp.display()) }),
+            )?;
+            q.wait_migration(Duration::from_secs(120))?;
+            let _ = q.execute("quit", json!({}));
+            Ok(())
+        })();
+        if let Err(e) = saved {
+            let _ = fs::remove_file(&tmp);
+            events.log(&format!("cannot suspend ({e}); powering off instead"));
+            if let Ok(mut q) = Qmp::connect(&self.qmp_socket, Duration::from_secs(2)) {
+                let _ = q.execute("cont", json!({}));
+            }
+            self.shutdown(events);
+            return Err(fail(format!("cannot suspend: {e}")));
+        }
+        // QEMU quits; its memory file must be on disk before the state counts.
+        let wait = Instant::now();
+        while wait.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.qemu.0.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(std::mem::take(&mut self.helpers));
+        let durable = fs::File::open(self.saved.ram())
+            .and_then(|f| f.sync_all())
+            .and_then(|()| fs::File::open(&tmp).and_then(|f| f.sync_all()))
+            .and_then(|()| {
+                let text =
+                    serde_json::to_string(&self.fingerprint).map_err(std::io::Error::other)?;
+                fs::write(self.saved.record(), text)
+            })
+            .and_then(|()| fs::rename(&tmp, self.saved.dev_state()));
+        match durable {
+            Ok(()) => {
+                events.log(&format!(
+                    "suspended in {:.2} s",
+                    started.elapsed().as_secs_f64()
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                self.saved.discard();
+                Err(fail(format!("cannot keep the suspended state: {e}")))
+            }
+        }
     }
 }
 
 /// Starts virtiofsd for each share and QEMU, hands the guest its
 /// configuration and waits until it reports ready.
+#[allow(clippy::too_many_arguments)]
 fn start_machine(
     req: &StartRequest<'_>,
     project: &Project,
     accel: Accel,
     pubkey: &str,
+    saved: &SavedState,
+    fingerprint: &Fingerprint,
+    resume: bool,
     events: &mut dyn StartEvents,
 ) -> Result<VmMachine, Start> {
     let run_dir = req.run_dir;
@@ -413,12 +696,25 @@ fn start_machine(
     }
 
     events.progress(&format!(
-        "booting the guest ({})",
+        "{} the guest ({})",
+        if resume { "resuming" } else { "booting" },
         match accel {
             Accel::Kvm => "KVM",
             Accel::Tcg => "TCG emulation: KVM is not usable here",
         }
     ));
+    if !resume {
+        // The guest's memory: a fresh file only this user can read.
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::remove_file(saved.ram());
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(saved.ram())
+            .map_err(|e| fail(format!("cannot create {}: {e}", saved.ram().display())))?;
+    }
     let machine = Machine {
         accel,
         cpus: req.config.cpu_count,
@@ -433,6 +729,9 @@ fn start_machine(
         qmp_socket: run_dir.join("qmp.sock"),
         console_socket: run_dir.join("console.sock"),
         shares,
+        ram_file: Some(saved.ram()),
+        incoming: resume,
+        vmgenid: Some(uuid_v4()),
     };
     start_console_log(
         &machine.console_socket,
@@ -468,6 +767,39 @@ fn start_machine(
             }
         }
     };
+    let io = |e: std::io::Error| fail(format!("the guest's control port failed: {e}"));
+    if resume {
+        // The guest's memory is the RAM file; load its devices and go on.
+        let mut qmp = Qmp::connect(&machine.qmp_socket, Duration::from_secs(20)).map_err(vm)?;
+        qmp.execute("migrate-set-capabilities", ignore_shared())
+            .map_err(vm)?;
+        qmp.execute(
+            "migrate-incoming",
+            json!({ "uri": format!("file:{}", saved.dev_state().display()) }),
+        )
+        .map_err(vm)?;
+        let status = wait_loaded(&mut qmp).map_err(vm)?;
+        if status == "paused" {
+            qmp.execute("cont", json!({})).map_err(vm)?;
+        }
+        // The guest's clock stood still while it was saved.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        control
+            .write_all(format!("time {now}\n").as_bytes())
+            .map_err(io)?;
+        events.log("resumed the suspended box");
+        return Ok(VmMachine {
+            qemu,
+            helpers,
+            control,
+            qmp_socket: machine.qmp_socket.clone(),
+            saved: saved.clone(),
+            fingerprint: fingerprint.clone(),
+        });
+    }
     let mut msg = String::new();
     let mut key = pubkey.split_whitespace();
     msg.push_str(&format!(
@@ -493,12 +825,14 @@ fn start_machine(
     }
     msg.push_str(&format!("explain {}\n", b64(req.plan.explain.as_bytes())));
     msg.push_str("end\n");
-    let io = |e: std::io::Error| fail(format!("the guest's control port failed: {e}"));
     control.write_all(msg.as_bytes()).map_err(io)?;
     let mut running = VmMachine {
         qemu,
         helpers,
         control,
+        qmp_socket: machine.qmp_socket.clone(),
+        saved: saved.clone(),
+        fingerprint: fingerprint.clone(),
     };
     // Wait for "ready <host key>".
     running

@@ -105,6 +105,9 @@ pub fn command(virtiofsd: &Path, spec: &ShareSpec, empty_dir: &Path) -> Command 
             "--cache",
             "auto",
             "--inode-file-handles=never",
+            // A resume must not fail because the host deleted a file the
+            // guest held open while it was suspended: only that file fails.
+            "--migration-on-error=guest-error",
         ])
         .arg(format!("--translate-uid=map:{}:{uid}:1", spec.guest_uid))
         .arg(format!("--translate-gid=map:{}:{gid}:1", spec.guest_uid))

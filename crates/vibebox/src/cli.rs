@@ -61,8 +61,13 @@ pub enum Command {
     },
     /// Print an SSH Host block for this project's running box (VS Code Remote-SSH, ssh).
     SshConfig,
-    /// Stop this project's box now (the disk stays).
-    Stop,
+    /// Stop this project's box now: suspend it (its processes go on at the
+    /// next start), or power it off with --shutdown. The disk stays.
+    Stop {
+        /// Power off instead of suspending (and forget a suspended state).
+        #[arg(long)]
+        shutdown: bool,
+    },
     /// Show what this project's vibebox.toml grants beyond the defaults (host
     /// paths, network widening, hosts overrides, exposed ports) and accept it.
     ///

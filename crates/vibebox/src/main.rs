@@ -45,7 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             commands::logs::run(&ctx, network, follow).map(|()| 0)
         }
         Some(Command::SshConfig) => commands::connect::ssh_config(&ctx).map(|()| 0),
-        Some(Command::Stop) => commands::connect::stop(&ctx).map(|()| 0),
+        Some(Command::Stop { shutdown }) => commands::connect::stop(&ctx, shutdown).map(|()| 0),
         Some(Command::Trust { yes }) => commands::trust::run(&ctx, yes).map(|()| 0),
         Some(Command::Supervise { dir }) => runtime::run_supervisor(&ctx, &dir).map(|()| 0),
         Some(Command::Completions { .. }) | Some(Command::KvmProbe) => Ok(0),

@@ -192,10 +192,11 @@ fn session_lifecycle_in_a_real_vm() {
             );
         }
     }
-    // After the last client, the machine stops once the grace period is over.
+    // After the last client, the machine stops once the grace period is over
+    // (suspended: `on_idle` defaults to suspend).
     assert!(
         eventually(Duration::from_secs(90), || session_state(&w, &dir).0
-            == "stopped"),
+            == "suspended"),
         "{:?}",
         session_state(&w, &dir)
     );
@@ -982,7 +983,8 @@ fn a_guest_that_floods_its_control_port_is_refused() {
     "#;
     let text = run_script(&w, &dir, script);
     assert!(text.contains("PATCHED"), "{text}");
-    w.vm(&dir).arg("stop").assert().success();
+    // Power off: the next start boots the rewritten init (a resume would not run it).
+    w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
     let out = w.vm(&dir).args(["exec", "--", "true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -991,4 +993,93 @@ fn a_guest_that_floods_its_control_port_is_refused() {
     assert!(vm::eventually(Duration::from_secs(30), || {
         processes_mentioning(&dir.display().to_string()).is_empty()
     }));
+}
+
+/// `vibebox stop` suspends: the next start resumes the box with its processes
+/// running and the files they hold open — even one the host deleted in the
+/// meantime — and its clock current. `--shutdown` powers off; a machine
+/// whose size changed boots afresh and says why.
+#[test]
+fn suspend_and_resume_keep_processes_and_open_files() {
+    let _serial = lock();
+    if !vm::available() {
+        return;
+    }
+    let w = World::with_image();
+    let dir = w.project("sus");
+    write_config(&dir, "", 60_000);
+    fs::write(dir.join("held.txt"), "kept\n").unwrap();
+    fs::write(dir.join("doomed.txt"), "deleted while suspended\n").unwrap();
+    let holder = r#"
+        cd ~/sus
+        setsid sh -c 'exec 3<held.txt 4<doomed.txt; echo $$ > /tmp/holder.pid; exec sleep 100000' </dev/null >/dev/null 2>&1 &
+        sleep 1; test -s /tmp/holder.pid && echo done
+    "#;
+    run_script(&w, &dir, holder);
+    let out = w.vm(&dir).arg("stop").output().unwrap();
+    assert!(
+        stdout(&out).contains("suspended the box"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(session_state(&w, &dir).0, "suspended");
+    assert!(processes_mentioning(&dir.display().to_string()).is_empty());
+    fs::remove_file(dir.join("doomed.txt")).unwrap();
+    // The guest's clock must be set again after a pause it did not see.
+    std::thread::sleep(Duration::from_secs(3));
+    let check = r#"
+        p=$(cat /tmp/holder.pid 2>/dev/null) && kill -0 "$p" && echo "ALIVE"
+        cat /proc/$p/fd/3
+        echo "clock $(date +%s)"
+        echo done
+    "#;
+    let text = run_script(&w, &dir, check);
+    assert!(
+        text.contains("ALIVE"),
+        "the process did not survive:\n{text}"
+    );
+    assert!(text.contains("kept"), "the open file is gone:\n{text}");
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let guest_now: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("clock "))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (host_now - guest_now).abs() < 30,
+        "guest clock {guest_now} vs host {host_now}"
+    );
+    // A changed machine cannot resume the old state: it boots and says why.
+    w.vm(&dir).arg("stop").assert().success();
+    write_config(&dir, "", 60_000);
+    let changed = fs::read_to_string(dir.join("vibebox.toml"))
+        .unwrap()
+        .replace("ram_mb = 1024", "ram_mb = 1280");
+    fs::write(dir.join("vibebox.toml"), changed).unwrap();
+    let out = w
+        .vm(&dir)
+        .args([
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "test -e /tmp/holder.pid && echo RESUMED || echo BOOTED",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).trim(), "BOOTED");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("saved for another machine (cpu_count or ram_mb changed)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --shutdown powers off: nothing to resume.
+    let out = w.vm(&dir).args(["stop", "--shutdown"]).output().unwrap();
+    assert!(stdout(&out).contains("powered off"), "{}", stdout(&out));
+    assert_eq!(session_state(&w, &dir).0, "stopped");
+    assert!(!dir.join(".vibebox/state/dev.state").exists());
 }

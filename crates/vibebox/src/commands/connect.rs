@@ -151,7 +151,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<i32> {
         }
         if control::status(&project.socket_path()).is_some() {
             eprintln!("vibebox: stopping session {}", entry.id);
-            control::stop(&project.socket_path())?;
+            control::stop(&project.socket_path(), true)?;
         }
         super::delete::remove_session(ctx, entry)?;
         eprintln!(
@@ -191,14 +191,29 @@ pub fn ssh_config(ctx: &Context) -> anyhow::Result<()> {
     }
 }
 
-/// Runs `vibebox stop`.
-pub fn stop(ctx: &Context) -> anyhow::Result<()> {
+/// Runs `vibebox stop [--shutdown]`: suspends the box (its processes go on
+/// at the next start), or powers it off.
+pub fn stop(ctx: &Context, shutdown: bool) -> anyhow::Result<()> {
     let project = Project::find(&ctx.cwd);
+    let dir = project.dir().display();
     if control::status(&project.socket_path()).is_none() {
-        println!("the box of {} is not running", project.dir().display());
+        if shutdown && vibebox_vm::runtime::is_suspended(&project) {
+            vibebox_vm::runtime::discard_suspended(&project);
+            println!(
+                "the box of {dir} was suspended: its saved state is gone, the next start boots"
+            );
+        } else {
+            println!("the box of {dir} is not running");
+        }
         return Ok(());
     }
-    control::stop(&project.socket_path())?;
-    println!("stopped the box of {}", project.dir().display());
+    control::stop(&project.socket_path(), shutdown)?;
+    if shutdown {
+        println!("powered off the box of {dir}");
+    } else if vibebox_vm::runtime::is_suspended(&project) {
+        println!("suspended the box of {dir}: the next start resumes it (`vibebox stop --shutdown` powers off)");
+    } else {
+        println!("stopped the box of {dir}");
+    }
     Ok(())
 }

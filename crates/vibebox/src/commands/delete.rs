@@ -48,7 +48,7 @@ pub fn run(ctx: &Context, prefix: &str, yes: bool, force: bool) -> anyhow::Resul
                 "leave its terminals and wait for it to stop, or pass --force to stop it first",
             ));
         }
-        control::stop(&project.socket_path())
+        control::stop(&project.socket_path(), true)
             .with_context(|| format!("cannot stop session {}", entry.id))?;
     }
     if !yes {

@@ -90,8 +90,16 @@ pub fn render(x: &Explanation) -> String {
     ));
     let r = &x.resources;
     line(format!(
-        "Machine   {} CPUs, {} MiB memory, {} GiB disk; stops {} ms after the last client leaves",
-        r.cpu_count, r.ram_mb, r.disk_gb, r.auto_shutdown_ms
+        "Machine   {} CPUs, {} MiB memory, {} GiB disk; {} ms after the last client leaves it {}",
+        r.cpu_count,
+        r.ram_mb,
+        r.disk_gb,
+        r.auto_shutdown_ms,
+        match r.on_idle {
+            vibebox_core::config::OnIdle::Suspend =>
+                "is suspended (its processes go on at the next start)",
+            vibebox_core::config::OnIdle::Shutdown => "powers off",
+        }
     ));
     line(format!(
         "Runtime   {} (requested: {}): {}",

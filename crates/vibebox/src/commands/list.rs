@@ -25,13 +25,19 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
     let rows: Vec<Row> = entries
         .iter()
         .map(|e| {
-            let status = control::status(&Project::at(&e.directory).socket_path());
+            let project = Project::at(&e.directory);
+            let status = control::status(&project.socket_path());
+            let at_rest = if vibebox_vm::runtime::is_suspended(&project) {
+                "suspended"
+            } else {
+                "stopped"
+            };
             Row {
                 id: e.id.to_string(),
                 directory: e.directory.display().to_string(),
                 state: status
                     .as_ref()
-                    .map_or("stopped".into(), |s| s.state.to_string()),
+                    .map_or(at_rest.into(), |s| s.state.to_string()),
                 clients: status.map_or(0, |s| s.clients),
                 last_active: e.last_active.to_string(),
                 created: e.created.to_string(),
