@@ -28,6 +28,8 @@ pub struct Storage {
     pub ssh: String,
     /// Logs.
     pub logs: String,
+    /// Host disk used now.
+    pub usage: crate::project::DiskUsage,
 }
 
 /// The runtime that will run the session, and why.
@@ -122,6 +124,7 @@ impl Explanation {
                 disk: rel(project.disk_path()),
                 ssh: dir(project.ssh_dir()),
                 logs: dir(project.logs_dir()),
+                usage: project.disk_usage(),
             },
             resources: Resources {
                 cpu_count: config.cpu_count,

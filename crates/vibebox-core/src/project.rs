@@ -310,6 +310,37 @@ impl Project {
     }
 }
 
+/// How much of the host's disk a session uses (allocated blocks: sparse
+/// files count for what they hold).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DiskUsage {
+    /// The instance disk (`.vibebox/disk.qcow2`).
+    pub disk_bytes: u64,
+    /// Saved machine state (`.vibebox/state/`: RAM and devices).
+    pub state_bytes: u64,
+}
+
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => m.blocks() * 512,
+        Ok(m) if m.is_dir() => fs::read_dir(path)
+            .map(|rd| rd.flatten().map(|e| allocated(&e.path())).sum())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+impl Project {
+    /// The host disk this project's session uses.
+    pub fn disk_usage(&self) -> DiskUsage {
+        DiskUsage {
+            disk_bytes: allocated(&self.disk_path()),
+            state_bytes: allocated(&self.state_dir().join("state")),
+        }
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProjectError> {
     let name = path

@@ -1024,6 +1024,10 @@ fn suspend_and_resume_keep_processes_and_open_files() {
     );
     assert_eq!(session_state(&w, &dir).0, "suspended");
     assert!(processes_mentioning(&dir.display().to_string()).is_empty());
+    // Disk use stays visible: the instance disk and the saved state.
+    let row = &w.list_json(&dir)[0];
+    assert!(row["disk_bytes"].as_u64().unwrap_or(0) > 0, "{row}");
+    assert!(row["state_bytes"].as_u64().unwrap_or(0) > 0, "{row}");
     fs::remove_file(dir.join("doomed.txt")).unwrap();
     // The guest's clock must be set again after a pause it did not see.
     std::thread::sleep(Duration::from_secs(3));

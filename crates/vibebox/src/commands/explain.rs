@@ -204,7 +204,17 @@ pub fn render(x: &Explanation) -> String {
         ],
         vec![
             format!("  {}", s.disk),
-            "instance disk (kept across shutdowns)".into(),
+            format!(
+                "instance disk (kept across shutdowns): {} MiB used",
+                s.usage.disk_bytes >> 20
+            ),
+        ],
+        vec![
+            "  .vibebox/state/".into(),
+            format!(
+                "memory and devices of a suspended box: {} MiB used",
+                s.usage.state_bytes >> 20
+            ),
         ],
         vec![
             format!("  {}", s.ssh),

@@ -16,6 +16,21 @@ struct Row {
     clients: u32,
     last_active: String,
     created: String,
+    /// Host disk used by the instance disk, in bytes.
+    disk_bytes: u64,
+    /// Host disk used by saved machine state (suspend), in bytes.
+    state_bytes: u64,
+}
+
+/// Bytes for a person: `512 MiB`, `1.2 GiB`.
+fn size(bytes: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    let mib = bytes as f64 / MIB;
+    if mib >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.0} MiB")
+    }
 }
 
 /// Runs `vibebox list`.
@@ -41,6 +56,8 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
                 clients: status.map_or(0, |s| s.clients),
                 last_active: e.last_active.to_string(),
                 created: e.created.to_string(),
+                disk_bytes: project.disk_usage().disk_bytes,
+                state_bytes: project.disk_usage().state_bytes,
             }
         })
         .collect();
@@ -57,6 +74,7 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
         "ID".to_string(),
         "STATE".to_string(),
         "CLIENTS".to_string(),
+        "DISK".to_string(),
         "LAST ACTIVE".to_string(),
         "DIRECTORY".to_string(),
     ]];
@@ -65,6 +83,7 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
             row.id.clone(),
             row.state.clone(),
             row.clients.to_string(),
+            size(row.disk_bytes + row.state_bytes),
             terminal::ago(e.last_active, now),
             row.directory.clone(),
         ]);
