@@ -142,10 +142,10 @@ impl Runtime for VmRuntime {
         let empty = req.run_dir.join("empty");
         fs::create_dir_all(&empty)
             .map_err(|e| fail(format!("cannot create {}: {e}", empty.display())))?;
-        let saved = SavedState::at(&project)?;
+        let saved = SavedState::at(&project, req.vibebox_home)?;
         let fingerprint = Fingerprint::of(req, accel, &base_sha);
-        match saved.fingerprint() {
-            Some(old) if old == fingerprint => {
+        match saved.saved() {
+            Saved::For(old) if old == fingerprint => {
                 events.progress("resuming the suspended box");
                 match start_machine(
                     req,
@@ -170,7 +170,7 @@ impl Runtime for VmRuntime {
                     }
                 }
             }
-            Some(old) => {
+            Saved::For(old) => {
                 let why = format!(
                     "the suspended state was saved for another machine ({}); booting afresh",
                     old.difference(&fingerprint)
@@ -178,7 +178,12 @@ impl Runtime for VmRuntime {
                 events.log(&why);
                 events.progress(&why);
             }
-            None => {}
+            Saved::Unknown => {
+                let why = "a saved state this host did not write (or that changed since) is in .vibebox/state/; it is never loaded: booting afresh";
+                events.log(why);
+                events.progress(why);
+            }
+            Saved::Nothing => {}
         }
         saved.discard();
         let mut attempt = 1;
@@ -420,24 +425,81 @@ impl Fingerprint {
     }
 }
 
-/// The suspended state of a session, in `.vibebox/state/`: the guest's RAM
-/// (`ram`, also its live memory while it runs), the devices (`dev.state`) and
-/// what they were saved for (`suspend.json`).
+/// The suspended state of a session: in `.vibebox/state/`, the guest's RAM
+/// (`ram`, also its live memory while it runs) and the devices
+/// (`dev.state`, a QEMU migration stream); on the host, outside the project,
+/// the record that vouches for them (`$VIBEBOX_HOME/suspended/<session>.json`:
+/// what they were saved for and the SHA-256 of `dev.state`). QEMU's loader is
+/// not a security boundary, so a `dev.state` this host did not write — a
+/// repository can ship `.vibebox/` — is never loaded.
 #[derive(Debug, Clone)]
 pub struct SavedState {
     dir: std::path::PathBuf,
+    record: std::path::PathBuf,
+}
+
+/// What the host recorded when it suspended a session.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Record {
+    fingerprint: Fingerprint,
+    dev_state_sha256: String,
+}
+
+/// What is saved for a session, as far as this host vouches for it.
+enum Saved {
+    /// Nothing to resume.
+    Nothing,
+    /// Something this host did not save (or that changed since).
+    Unknown,
+    /// A state this host saved, made for this machine.
+    For(Fingerprint),
+}
+
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl SavedState {
-    fn at(project: &Project) -> Result<SavedState, RuntimeError> {
+    fn locate(project: &Project, vibebox_home: &Path) -> Result<SavedState, RuntimeError> {
+        let session = project
+            .read_session_id()
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail(format!("{} has no session", project.dir().display())))?;
+        Ok(SavedState {
+            dir: project.state_dir().join("state"),
+            record: vibebox_home
+                .join("suspended")
+                .join(format!("{session}.json")),
+        })
+    }
+
+    fn at(project: &Project, vibebox_home: &Path) -> Result<SavedState, RuntimeError> {
         use std::os::unix::fs::DirBuilderExt;
-        let dir = project.state_dir().join("state");
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(fail(format!("cannot create {}: {e}", dir.display()))),
+        let saved = SavedState::locate(project, vibebox_home)?;
+        for dir in [&saved.dir, &vibebox_home.join("suspended")] {
+            match fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(fail(format!("cannot create {}: {e}", dir.display()))),
+            }
         }
-        Ok(SavedState { dir })
+        Ok(saved)
     }
 
     fn ram(&self) -> std::path::PathBuf {
@@ -448,23 +510,24 @@ impl SavedState {
         self.dir.join("dev.state")
     }
 
-    fn record(&self) -> std::path::PathBuf {
-        self.dir.join("suspend.json")
-    }
-
-    /// What the saved state was made for, if there is one.
-    fn fingerprint(&self) -> Option<Fingerprint> {
-        if !self.dev_state().is_file() {
-            return None;
+    /// What is saved, as far as the host's record vouches for it.
+    fn saved(&self) -> Saved {
+        if fs::symlink_metadata(self.dev_state()).is_err() {
+            return Saved::Nothing;
         }
-        let text = fs::read_to_string(self.record()).ok()?;
-        serde_json::from_str(&text).ok()
+        let record: Option<Record> = fs::read_to_string(&self.record)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        match (record, sha256_of(&self.dev_state())) {
+            (Some(r), Ok(sha)) if r.dev_state_sha256 == sha => Saved::For(r.fingerprint),
+            _ => Saved::Unknown,
+        }
     }
 
     /// The state was loaded: the RAM file is the running guest's memory again.
     fn consumed(&self) {
         let _ = fs::remove_file(self.dev_state());
-        let _ = fs::remove_file(self.record());
+        let _ = fs::remove_file(&self.record);
     }
 
     /// Forgets the saved state, RAM included.
@@ -474,17 +537,17 @@ impl SavedState {
     }
 }
 
-/// Whether `.vibebox/state/` holds a suspended box.
-pub fn is_suspended(project: &Project) -> bool {
-    project.state_dir().join("state/dev.state").is_file()
+/// Whether the project holds a suspended box this host saved.
+pub fn is_suspended(project: &Project, vibebox_home: &Path) -> bool {
+    SavedState::locate(project, vibebox_home)
+        .is_ok_and(|s| s.record.is_file() && s.dev_state().is_file())
 }
 
 /// Forgets a suspended box (the next start boots).
-pub fn discard_suspended(project: &Project) {
-    SavedState {
-        dir: project.state_dir().join("state"),
+pub fn discard_suspended(project: &Project, vibebox_home: &Path) {
+    if let Ok(s) = SavedState::locate(project, vibebox_home) {
+        s.discard();
     }
-    .discard();
 }
 
 /// `x-ignore-shared`: the RAM lives in the shared file, the migration stream
@@ -605,9 +668,12 @@ impl RunningMachine for VmMachine {
             .and_then(|f| f.sync_all())
             .and_then(|()| fs::File::open(&tmp).and_then(|f| f.sync_all()))
             .and_then(|()| {
-                let text =
-                    serde_json::to_string(&self.fingerprint).map_err(std::io::Error::other)?;
-                fs::write(self.saved.record(), text)
+                let record = Record {
+                    fingerprint: self.fingerprint.clone(),
+                    dev_state_sha256: sha256_of(&tmp)?,
+                };
+                let text = serde_json::to_string(&record).map_err(std::io::Error::other)?;
+                fs::write(&self.saved.record, text)
             })
             .and_then(|()| fs::rename(&tmp, self.saved.dev_state()));
         match durable {

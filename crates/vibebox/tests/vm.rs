@@ -1081,6 +1081,30 @@ fn suspend_and_resume_keep_processes_and_open_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A saved state this host did not write (a repository can ship
+    // .vibebox/) is never loaded: QEMU's loader is not a security boundary.
+    w.vm(&dir).arg("stop").assert().success();
+    let dev = dir.join(".vibebox/state/dev.state");
+    let mut bytes = fs::read(&dev).unwrap();
+    bytes.extend_from_slice(b"tampered");
+    fs::write(&dev, bytes).unwrap();
+    let out = w
+        .vm(&dir)
+        .args([
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "test -e /tmp/holder.pid && echo RESUMED || echo BOOTED",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).trim(), "BOOTED");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a saved state this host did not write"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // --shutdown powers off: nothing to resume.
     let out = w.vm(&dir).args(["stop", "--shutdown"]).output().unwrap();
     assert!(stdout(&out).contains("powered off"), "{}", stdout(&out));

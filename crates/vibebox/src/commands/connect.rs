@@ -197,8 +197,8 @@ pub fn stop(ctx: &Context, shutdown: bool) -> anyhow::Result<()> {
     let project = Project::find(&ctx.cwd);
     let dir = project.dir().display();
     if control::status(&project.socket_path()).is_none() {
-        if shutdown && vibebox_vm::runtime::is_suspended(&project) {
-            vibebox_vm::runtime::discard_suspended(&project);
+        if shutdown && vibebox_vm::runtime::is_suspended(&project, &ctx.home) {
+            vibebox_vm::runtime::discard_suspended(&project, &ctx.home);
             println!(
                 "the box of {dir} was suspended: its saved state is gone, the next start boots"
             );
@@ -210,7 +210,7 @@ pub fn stop(ctx: &Context, shutdown: bool) -> anyhow::Result<()> {
     control::stop(&project.socket_path(), shutdown)?;
     if shutdown {
         println!("powered off the box of {dir}");
-    } else if vibebox_vm::runtime::is_suspended(&project) {
+    } else if vibebox_vm::runtime::is_suspended(&project, &ctx.home) {
         println!("suspended the box of {dir}: the next start resumes it (`vibebox stop --shutdown` powers off)");
     } else {
         println!("stopped the box of {dir}");

@@ -97,5 +97,10 @@ pub fn remove_session(ctx: &Context, entry: &SessionEntry) -> anyhow::Result<()>
         Ok::<_, anyhow::Error>(())
     })?;
     vibebox_core::trust::TrustStore::new(&ctx.home).forget(&entry.id);
+    let _ = std::fs::remove_file(
+        ctx.home
+            .join("suspended")
+            .join(format!("{}.json", entry.id)),
+    );
     Ok(())
 }

@@ -42,7 +42,7 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
         .map(|e| {
             let project = Project::at(&e.directory);
             let status = control::status(&project.socket_path());
-            let at_rest = if vibebox_vm::runtime::is_suspended(&project) {
+            let at_rest = if vibebox_vm::runtime::is_suspended(&project, &ctx.home) {
                 "suspended"
             } else {
                 "stopped"
