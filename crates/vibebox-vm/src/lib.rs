@@ -16,6 +16,7 @@ pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod runtime;
+pub mod snapshot;
 pub mod ssh;
 pub mod virtiofs;
 

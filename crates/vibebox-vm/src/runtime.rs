@@ -455,7 +455,7 @@ enum Saved {
     For(Fingerprint),
 }
 
-fn sha256_of(path: &Path) -> std::io::Result<String> {
+pub(crate) fn sha256_of(path: &Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -476,7 +476,10 @@ fn sha256_of(path: &Path) -> std::io::Result<String> {
 }
 
 impl SavedState {
-    fn locate(project: &Project, vibebox_home: &Path) -> Result<SavedState, RuntimeError> {
+    pub(crate) fn locate(
+        project: &Project,
+        vibebox_home: &Path,
+    ) -> Result<SavedState, RuntimeError> {
         let session = project
             .read_session_id()
             .map_err(|e| fail(e.to_string()))?
@@ -502,11 +505,11 @@ impl SavedState {
         Ok(saved)
     }
 
-    fn ram(&self) -> std::path::PathBuf {
+    pub(crate) fn ram(&self) -> std::path::PathBuf {
         self.dir.join("ram")
     }
 
-    fn dev_state(&self) -> std::path::PathBuf {
+    pub(crate) fn dev_state(&self) -> std::path::PathBuf {
         self.dir.join("dev.state")
     }
 
@@ -524,6 +527,29 @@ impl SavedState {
         }
     }
 
+    /// The host's record of a suspended state it vouches for (hash checked).
+    pub(crate) fn record_value(&self) -> Option<serde_json::Value> {
+        match self.saved() {
+            Saved::For(_) => fs::read_to_string(&self.record)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok()),
+            _ => None,
+        }
+    }
+
+    /// Vouches for a state put in place by the host (a restored snapshot).
+    pub(crate) fn write_record_value(
+        &self,
+        record: &serde_json::Value,
+    ) -> Result<(), crate::VmError> {
+        if let Some(dir) = self.record.parent() {
+            let _ = fs::create_dir_all(dir);
+        }
+        fs::write(&self.record, record.to_string()).map_err(|e| {
+            crate::VmError::Setup(format!("cannot write {}: {e}", self.record.display()))
+        })
+    }
+
     /// The state was loaded: the RAM file is the running guest's memory again.
     fn consumed(&self) {
         let _ = fs::remove_file(self.dev_state());
@@ -531,7 +557,7 @@ impl SavedState {
     }
 
     /// Forgets the saved state, RAM included.
-    fn discard(&self) {
+    pub(crate) fn discard(&self) {
         self.consumed();
         let _ = fs::remove_file(self.ram());
     }

@@ -78,6 +78,13 @@ pub enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Named snapshots of this project's box: its disk, and its memory and
+    /// processes when it runs (it is suspended to take them).
+    Snapshot {
+        /// What to do with snapshots.
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Build, list and remove base images.
     Image {
         /// What to do with images.
@@ -122,5 +129,34 @@ pub enum ImageCommand {
     Rm {
         /// The image name.
         name: vibebox_core::image::ImageName,
+    },
+}
+
+/// `vibebox snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot (default name: snap-<date>-<time>).
+    Save {
+        /// Its name.
+        name: Option<String>,
+    },
+    /// List the snapshots.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the box back to a snapshot (discards its changes since).
+    Restore {
+        /// The snapshot.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Remove a snapshot.
+    Rm {
+        /// The snapshot.
+        name: String,
     },
 }

@@ -40,6 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Some(Command::Explain { json }) => commands::explain::run(&ctx, json).map(|()| 0),
         Some(Command::Image { command }) => commands::image::run(&ctx, command).map(|()| 0),
+        Some(Command::Snapshot { command }) => commands::snapshot::run(&ctx, command).map(|()| 0),
         Some(Command::Exec { command }) => commands::connect::exec(&ctx, &command),
         Some(Command::Logs { network, follow }) => {
             commands::logs::run(&ctx, network, follow).map(|()| 0)

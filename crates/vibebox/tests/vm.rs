@@ -1111,3 +1111,100 @@ fn suspend_and_resume_keep_processes_and_open_files() {
     assert_eq!(session_state(&w, &dir).0, "stopped");
     assert!(!dir.join(".vibebox/state/dev.state").exists());
 }
+
+/// Snapshots: taken of a running box (suspended to keep its memory and
+/// processes) and of a box powered off (disk only); restored, they bring back
+/// the disk and, when kept, the processes; listed and removed.
+#[test]
+fn snapshots_bring_back_disk_and_processes() {
+    let _serial = lock();
+    if !vm::available() {
+        return;
+    }
+    let w = World::with_image();
+    let dir = w.project("snap");
+    write_config(&dir, "", 60_000);
+    let setup = r#"
+        echo one | sudo tee /var/lib/marker >/dev/null
+        setsid sh -c 'echo $$ > /tmp/worker.pid; exec sleep 100000' </dev/null >/dev/null 2>&1 &
+        sleep 1; echo done
+    "#;
+    run_script(&w, &dir, setup);
+    let out = w
+        .vm(&dir)
+        .args(["snapshot", "save", "first"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("memory and processes"),
+        "{}",
+        stdout(&out)
+    );
+    // Change the disk and end the process, then take a disk-only snapshot.
+    run_script(
+        &w,
+        &dir,
+        "echo two | sudo tee /var/lib/marker >/dev/null; kill $(cat /tmp/worker.pid); echo done",
+    );
+    w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+    let out = w
+        .vm(&dir)
+        .args(["snapshot", "save", "second"])
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("no memory"), "{}", stdout(&out));
+    let list: serde_json::Value = serde_json::from_slice(
+        &w.vm(&dir)
+            .args(["snapshot", "list", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].clone())
+        .collect();
+    assert_eq!(names, ["first", "second"]);
+    assert_eq!(list[0]["memory"], true);
+    // Without a terminal, restore needs --yes.
+    w.vm(&dir)
+        .args(["snapshot", "restore", "first"])
+        .assert()
+        .code(1);
+    w.vm(&dir)
+        .args(["snapshot", "restore", "first", "--yes"])
+        .assert()
+        .success();
+    let check = "cat /var/lib/marker; kill -0 $(cat /tmp/worker.pid) 2>/dev/null && echo WORKER-ALIVE; echo done";
+    let text = run_script(&w, &dir, check);
+    assert!(
+        text.contains("one") && text.contains("WORKER-ALIVE"),
+        "{text}"
+    );
+    w.vm(&dir)
+        .args(["snapshot", "restore", "second", "--yes"])
+        .assert()
+        .success();
+    let text = run_script(&w, &dir, check);
+    assert!(
+        text.contains("two") && !text.contains("WORKER-ALIVE"),
+        "{text}"
+    );
+    w.vm(&dir)
+        .args(["snapshot", "rm", "first"])
+        .assert()
+        .success();
+    w.vm(&dir)
+        .args(["snapshot", "restore", "first", "--yes"])
+        .assert()
+        .code(1);
+    w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+}

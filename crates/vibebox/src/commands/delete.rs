@@ -102,5 +102,6 @@ pub fn remove_session(ctx: &Context, entry: &SessionEntry) -> anyhow::Result<()>
             .join("suspended")
             .join(format!("{}.json", entry.id)),
     );
+    let _ = std::fs::remove_dir_all(ctx.home.join("snapshots").join(entry.id.to_string()));
     Ok(())
 }

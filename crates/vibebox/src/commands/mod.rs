@@ -7,6 +7,7 @@ pub mod image;
 pub mod init;
 pub mod list;
 pub mod logs;
+pub mod snapshot;
 pub mod trust;
 
 use anyhow::Context as _;
