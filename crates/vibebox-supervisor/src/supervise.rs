@@ -231,6 +231,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
                 return Err(e);
             }
         };
+        events.log("the shared SSH connection is open");
         state.update(|s| s.status.ssh_port = Some(ssh_port));
         Ok((machine, master))
     })();
