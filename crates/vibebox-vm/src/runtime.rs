@@ -376,6 +376,9 @@ pub struct VmMachine {
     qmp_socket: std::path::PathBuf,
     saved: SavedState,
     fingerprint: Fingerprint,
+    /// The guest's RAM is an unlinked tmpfs file (a booted box), not the
+    /// saved file on disk (a resumed one).
+    ram_in_memory: bool,
 }
 
 /// What a saved state was made for: a resume needs the same machine.
@@ -576,6 +579,63 @@ pub fn discard_suspended(project: &Project, vibebox_home: &Path) {
     }
 }
 
+/// A private directory on tmpfs for a booted guest's RAM: `/dev/shm/vibebox-<uid>`,
+/// created 0700 and verified to be ours and private; `None` where there is
+/// no such tmpfs (the RAM then lives in `.vibebox/state/`).
+fn memory_ram_path(session: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let shm = Path::new("/dev/shm");
+    let fs_type = rustix::fs::statfs(shm).ok()?.f_type as i64;
+    if fs_type != TMPFS_MAGIC || session.is_empty() {
+        return None;
+    }
+    let uid = rustix::process::getuid().as_raw();
+    let dir = shm.join(format!("vibebox-{uid}"));
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(_) => return None,
+    }
+    let m = fs::symlink_metadata(&dir).ok()?;
+    let private =
+        m.is_dir() && !m.file_type().is_symlink() && m.uid() == uid && m.mode() & 0o077 == 0;
+    private.then(|| dir.join(format!("{session}.ram")))
+}
+
+/// Copies the guest RAM QEMU `pid` maps (an unlinked tmpfs file, found among
+/// its open files) to `to`, sparse.
+fn copy_guest_ram(pid: u32, to: &Path) -> Result<(), crate::VmError> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| crate::VmError::Setup(format!("cannot read QEMU's files: {e}")))?;
+    let source = fds
+        .flatten()
+        .find(|e| {
+            fs::read_link(e.path()).is_ok_and(|l| {
+                let l = l.to_string_lossy();
+                l.starts_with("/dev/shm/vibebox-") && l.contains(".ram")
+            })
+        })
+        .map(|e| e.path())
+        .ok_or_else(|| crate::VmError::Setup("QEMU's memory file is not open".into()))?;
+    let _ = fs::remove_file(to);
+    let out = Command::new("cp")
+        .args(["--sparse=always", "--"])
+        .arg(&source)
+        .arg(to)
+        .output()
+        .map_err(|e| crate::VmError::Setup(format!("cannot run cp: {e}")))?;
+    if !out.status.success() {
+        return Err(crate::VmError::Setup(format!(
+            "cannot save the guest's memory: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o600))
+        .map_err(|e| crate::VmError::Setup(format!("cannot protect {}: {e}", to.display())))
+}
+
 /// `x-ignore-shared`: the RAM lives in the shared file, the migration stream
 /// holds only the devices.
 fn ignore_shared() -> serde_json::Value {
@@ -669,6 +729,10 @@ impl RunningMachine for VmMachine {
                 json!({ "uri": format!("file:{}", tmp.display()) }),
             )?;
             q.wait_migration(Duration::from_secs(120))?;
+            if self.ram_in_memory {
+                // While QEMU is paused and alive: its memory, through its fd.
+                copy_guest_ram(self.qemu.0.id(), &self.saved.ram())?;
+            }
             let _ = q.execute("quit", json!({}));
             Ok(())
         })();
@@ -795,18 +859,30 @@ fn start_machine(
             Accel::Tcg => "TCG emulation: KVM is not usable here",
         }
     ));
-    if !resume {
-        // The guest's memory: a fresh file only this user can read.
+    // The guest's memory. A resumed box runs on its saved file; a booted one
+    // on a fresh file in memory (tmpfs) where there is one — a file on disk
+    // costs ~0.5 s per boot here in page-cache writeback — which a suspend
+    // copies to `.vibebox/state/`. Only this user can read it.
+    let ram = if resume {
+        saved.ram()
+    } else {
         use std::os::unix::fs::OpenOptionsExt;
+        let session = run_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ram = memory_ram_path(&session).unwrap_or_else(|| saved.ram());
+        let _ = fs::remove_file(&ram);
         let _ = fs::remove_file(saved.ram());
         fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(saved.ram())
-            .map_err(|e| fail(format!("cannot create {}: {e}", saved.ram().display())))?;
-    }
+            .open(&ram)
+            .map_err(|e| fail(format!("cannot create {}: {e}", ram.display())))?;
+        ram
+    };
     let machine = Machine {
         accel,
         cpus: req.config.cpu_count,
@@ -821,7 +897,7 @@ fn start_machine(
         qmp_socket: run_dir.join("qmp.sock"),
         console_socket: run_dir.join("console.sock"),
         shares,
-        ram_file: Some(saved.ram()),
+        ram_file: Some(ram.clone()),
         incoming: resume,
         vmgenid: Some(uuid_v4()),
     };
@@ -841,6 +917,12 @@ fn start_machine(
         ))
     })?;
     let qemu = all.remove(0);
+    let ram_in_memory = ram != saved.ram();
+    if ram_in_memory {
+        // QEMU has it open and mapped: nothing else needs the name, and a
+        // supervisor killed now leaves no guest memory behind in tmpfs.
+        let _ = fs::remove_file(&ram);
+    }
     // The socket file appears when QEMU binds it, a moment before it listens.
     let mut control = {
         let mut tries = 0;
@@ -890,6 +972,7 @@ fn start_machine(
             qmp_socket: machine.qmp_socket.clone(),
             saved: saved.clone(),
             fingerprint: fingerprint.clone(),
+            ram_in_memory,
         });
     }
     let mut msg = String::new();
@@ -925,6 +1008,7 @@ fn start_machine(
         qmp_socket: machine.qmp_socket.clone(),
         saved: saved.clone(),
         fingerprint: fingerprint.clone(),
+        ram_in_memory,
     };
     // Wait for "ready <host key>".
     running
