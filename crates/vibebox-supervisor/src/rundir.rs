@@ -36,9 +36,17 @@ pub fn run_root() -> Result<PathBuf, SupervisorError> {
         Some("is not a directory (a symlink or a file)")
     } else if meta.uid() != uid {
         Some("belongs to another user")
-    } else if meta.mode() & 0o077 != 0 {
-        Some("can be read or written by other users")
+    } else if meta.mode() & 0o022 != 0 {
+        // Others could have put something in it: do not use it.
+        Some("can be written by other users")
     } else {
+        if meta.mode() & 0o077 != 0 {
+            // Ours and readable by others (earlier versions of vibebox made
+            // it 0755): nobody else could write in it, so it is safe to close.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+                .because(|| format!("cannot make {} private", root.display()))?;
+        }
         None
     };
     if let Some(problem) = problem {

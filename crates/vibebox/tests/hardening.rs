@@ -234,10 +234,17 @@ fn a_run_directory_others_can_write_is_refused() {
     let out = exec_with_run_dir(&w, &dir, &run);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(
-        err.contains("can be read or written by other users"),
-        "{err}"
-    );
+    assert!(err.contains("can be written by other users"), "{err}");
+    // One of ours that others can only read (earlier versions made it 0755)
+    // is made private and used.
+    fs::set_permissions(run.join("vibebox"), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = exec_with_run_dir(&w, &dir, &run);
+    assert!(!stderr(&out).contains("run directory"), "{}", stderr(&out));
+    let mode = fs::metadata(run.join("vibebox"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
     // A symlink planted in its place is refused too.
     fs::remove_dir(run.join("vibebox")).unwrap();
     std::os::unix::fs::symlink(w.root(), run.join("vibebox")).unwrap();
@@ -396,4 +403,24 @@ fn a_run_directory_of_another_user_is_refused() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Output into a pipe whose reader is gone (`vibebox list | head`) ends the
+/// program quietly (SIGPIPE), never with a panic.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // A socket whose other end is gone behaves like a pipe with no reader.
+    let (write, read) = std::os::unix::net::UnixStream::pair().unwrap();
+    drop(read);
+    let write = std::os::fd::OwnedFd::from(write);
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("vibebox"))
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(13), "{:?} {err}", out.status);
 }
