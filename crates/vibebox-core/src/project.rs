@@ -320,12 +320,14 @@ pub struct DiskUsage {
     pub state_bytes: u64,
 }
 
-fn allocated(path: &Path) -> u64 {
+/// The host disk `path` takes (allocated blocks; a directory: all it holds,
+/// without following symlinks).
+pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_file() => m.blocks() * 512,
         Ok(m) if m.is_dir() => fs::read_dir(path)
-            .map(|rd| rd.flatten().map(|e| allocated(&e.path())).sum())
+            .map(|rd| rd.flatten().map(|e| allocated_bytes(&e.path())).sum())
             .unwrap_or(0),
         _ => 0,
     }
@@ -335,8 +337,8 @@ impl Project {
     /// The host disk this project's session uses.
     pub fn disk_usage(&self) -> DiskUsage {
         DiskUsage {
-            disk_bytes: allocated(&self.disk_path()),
-            state_bytes: allocated(&self.state_dir().join("state")),
+            disk_bytes: allocated_bytes(&self.disk_path()),
+            state_bytes: allocated_bytes(&self.state_dir().join("state")),
         }
     }
 }

@@ -99,18 +99,6 @@ pub fn verify(dir: &Path) -> Result<Manifest, ImageError> {
     Ok(m)
 }
 
-fn disk_usage(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.blocks() * 512)
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// The complete images in `images_dir` (half-built ones are skipped).
 pub fn list(images_dir: &Path) -> Result<Vec<ImageInfo>, ImageError> {
     let mut out = Vec::new();
@@ -127,7 +115,7 @@ pub fn list(images_dir: &Path) -> Result<Vec<ImageInfo>, ImageError> {
         if let Ok(manifest) = read_manifest(&e.path()) {
             out.push(ImageInfo {
                 up_to_date: manifest.guest_version == crate::build::guest_version(),
-                disk_usage: disk_usage(&e.path()),
+                disk_usage: vibebox_core::project::allocated_bytes(&e.path()),
                 path: e.path(),
                 name,
                 manifest,

@@ -144,60 +144,54 @@ impl Runtime for VmRuntime {
             .map_err(|e| fail(format!("cannot create {}: {e}", empty.display())))?;
         let saved = SavedState::at(&project, req.vibebox_home)?;
         let fingerprint = Fingerprint::of(req, accel, &base_sha);
-        match saved.saved() {
-            Saved::For(old) if old == fingerprint => {
-                events.progress("resuming the suspended box");
-                match start_machine(
-                    req,
-                    &project,
-                    accel,
-                    &pubkey,
-                    &saved,
-                    &fingerprint,
-                    true,
-                    events,
-                ) {
-                    Ok(m) => {
-                        saved.consumed();
-                        return Ok(Box::new(m));
-                    }
-                    Err(Start::EarlyExit(e)) | Err(Start::Failed(RuntimeError(e))) => {
-                        let why = format!(
-                            "the suspended state could not be resumed ({e}); booting afresh"
-                        );
-                        events.log(&why);
-                        events.progress(&why);
-                    }
-                }
-            }
-            Saved::For(old) => {
-                let why = format!(
-                    "the suspended state was saved for another machine ({}); booting afresh",
-                    old.difference(&fingerprint)
-                );
-                events.log(&why);
-                events.progress(&why);
-            }
-            Saved::Unknown => {
-                let why = "a saved state this host did not write (or that changed since) is in .vibebox/state/; it is never loaded: booting afresh";
-                events.log(why);
-                events.progress(why);
-            }
-            Saved::Nothing => {}
-        }
-        saved.discard();
-        let mut attempt = 1;
-        loop {
-            match start_machine(
+        let boot = |resume: bool, events: &mut dyn StartEvents| {
+            start_machine(
                 req,
                 &project,
                 accel,
                 &pubkey,
                 &saved,
                 &fingerprint,
-                false,
+                resume,
                 events,
-            ) {
+            )
+        };
+        // Why a saved state is not resumed, told to the log and the client.
+        let booting_afresh = |why: &str, events: &mut dyn StartEvents| {
+            let why = format!("{why}; booting afresh");
+            events.log(&why);
+            events.progress(&why);
+        };
+        match saved.saved() {
+            Saved::For(old) if old == fingerprint => {
+                events.progress("resuming the suspended box");
+                match boot(true, events) {
+                    Ok(m) => {
+                        saved.consumed();
+                        return Ok(Box::new(m));
+                    }
+                    Err(Start::EarlyExit(e)) | Err(Start::Failed(RuntimeError(e))) => {
+                        booting_afresh(&format!("the suspended state could not be resumed ({e})"), events)
+                    }
+                }
+            }
+            Saved::For(old) => booting_afresh(
+                &format!(
+                    "the suspended state was saved for another machine ({})",
+                    old.difference(&fingerprint)
+                ),
+                events,
+            ),
+            Saved::Unknown => booting_afresh(
+                "a saved state this host did not write (or that changed since) is in .vibebox/state/; it is never loaded",
+                events,
+            ),
+            Saved::Nothing => {}
+        }
+        saved.discard();
+        let mut attempt = 1;
+        loop {
+            match boot(false, events) {
                 Ok(m) => return Ok(Box::new(m)),
                 Err(Start::EarlyExit(msg)) if attempt < 3 => {
                     // QEMU occasionally resets in the firmware with a
@@ -487,12 +481,16 @@ impl SavedState {
             .read_session_id()
             .map_err(|e| fail(e.to_string()))?
             .ok_or_else(|| fail(format!("{} has no session", project.dir().display())))?;
-        Ok(SavedState {
+        Ok(SavedState::of_session(project, vibebox_home, &session))
+    }
+
+    fn of_session(project: &Project, vibebox_home: &Path, session: &uuid::Uuid) -> SavedState {
+        SavedState {
             dir: project.state_dir().join("state"),
             record: vibebox_home
                 .join("suspended")
                 .join(format!("{session}.json")),
-        })
+        }
     }
 
     fn at(project: &Project, vibebox_home: &Path) -> Result<SavedState, RuntimeError> {
@@ -566,32 +564,37 @@ impl SavedState {
     }
 }
 
-/// Whether the project holds a suspended box this host saved.
-pub fn is_suspended(project: &Project, vibebox_home: &Path) -> bool {
-    SavedState::locate(project, vibebox_home)
-        .is_ok_and(|s| s.record.is_file() && s.dev_state().is_file())
+/// Whether session `session` of `project` is a suspended box this host saved.
+pub fn is_suspended(project: &Project, vibebox_home: &Path, session: &uuid::Uuid) -> bool {
+    let s = SavedState::of_session(project, vibebox_home, session);
+    s.record.is_file() && s.dev_state().is_file()
 }
 
-/// Forgets a suspended box (the next start boots).
-pub fn discard_suspended(project: &Project, vibebox_home: &Path) {
-    if let Ok(s) = SavedState::locate(project, vibebox_home) {
-        s.discard();
-    }
+/// Forgets the suspended box of session `session` (the next start boots).
+pub fn discard_suspended(project: &Project, vibebox_home: &Path, session: &uuid::Uuid) {
+    SavedState::of_session(project, vibebox_home, session).discard();
 }
 
 /// A private directory on tmpfs for a booted guest's RAM: `/dev/shm/vibebox-<uid>`,
 /// created 0700 and verified to be ours and private; `None` where there is
 /// no such tmpfs (the RAM then lives in `.vibebox/state/`).
 fn memory_ram_path(session: &str) -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     let shm = Path::new("/dev/shm");
     let fs_type = rustix::fs::statfs(shm).ok()?.f_type as i64;
     if fs_type != TMPFS_MAGIC || session.is_empty() {
         return None;
     }
-    let uid = rustix::process::getuid().as_raw();
-    let dir = shm.join(format!("vibebox-{uid}"));
+    private_dir_in(shm, rustix::process::getuid().as_raw())
+        .map(|d| d.join(format!("{session}.ram")))
+}
+
+/// `base/vibebox-<uid>`, created 0700, if it is a real directory owned by
+/// `uid` that nobody else can enter — `/dev/shm` is writable by every local
+/// user, who could have made it first (or made it a symlink).
+fn private_dir_in(base: &Path, uid: u32) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = base.join(format!("vibebox-{uid}"));
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -600,7 +603,7 @@ fn memory_ram_path(session: &str) -> Option<std::path::PathBuf> {
     let m = fs::symlink_metadata(&dir).ok()?;
     let private =
         m.is_dir() && !m.file_type().is_symlink() && m.uid() == uid && m.mode() & 0o077 == 0;
-    private.then(|| dir.join(format!("{session}.ram")))
+    private.then_some(dir)
 }
 
 /// Copies the guest RAM QEMU `pid` maps (an unlinked tmpfs file, found among
@@ -619,18 +622,7 @@ fn copy_guest_ram(pid: u32, to: &Path) -> Result<(), crate::VmError> {
         .map(|e| e.path())
         .ok_or_else(|| crate::VmError::Setup("QEMU's memory file is not open".into()))?;
     let _ = fs::remove_file(to);
-    let out = Command::new("cp")
-        .args(["--sparse=always", "--"])
-        .arg(&source)
-        .arg(to)
-        .output()
-        .map_err(|e| crate::VmError::Setup(format!("cannot run cp: {e}")))?;
-    if !out.status.success() {
-        return Err(crate::VmError::Setup(format!(
-            "cannot save the guest's memory: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    crate::snapshot::copy_sparse(&source, to)?;
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(to, fs::Permissions::from_mode(0o600))
         .map_err(|e| crate::VmError::Setup(format!("cannot protect {}: {e}", to.display())))

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
-use vibebox_core::project::Project;
+use vibebox_core::project::{allocated_bytes, Project};
 
 use crate::runtime::{sha256_of, SavedState};
 use crate::VmError;
@@ -76,13 +76,8 @@ fn qemu_img(args: &[&str], disk: &Path) -> Result<String, VmError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn allocated(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
-}
-
 /// Copies `from` to `to` (sparse, reflinked where the filesystem can).
-fn copy_sparse(from: &Path, to: &Path) -> Result<(), VmError> {
+pub(crate) fn copy_sparse(from: &Path, to: &Path) -> Result<(), VmError> {
     let out = Command::new("cp")
         .args(["--reflink=auto", "--sparse=always", "--"])
         .arg(from)
@@ -163,7 +158,8 @@ impl Snapshots {
         if saved.is_some() {
             copy_sparse(&self.saved.ram(), &dir.join("ram"))?;
             copy_sparse(&self.saved.dev_state(), &dir.join("dev.state"))?;
-            memory_bytes = allocated(&dir.join("ram")) + allocated(&dir.join("dev.state"));
+            memory_bytes =
+                allocated_bytes(&dir.join("ram")) + allocated_bytes(&dir.join("dev.state"));
         }
         qemu_img(&["snapshot", "-c", name], &disk)?;
         let info = SnapshotInfo {

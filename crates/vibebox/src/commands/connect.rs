@@ -196,9 +196,13 @@ pub fn ssh_config(ctx: &Context) -> anyhow::Result<()> {
 pub fn stop(ctx: &Context, shutdown: bool) -> anyhow::Result<()> {
     let project = Project::find(&ctx.cwd);
     let dir = project.dir().display();
+    let session = project.read_session_id().ok().flatten();
+    let suspended = |p: &Project| {
+        session.is_some_and(|id| vibebox_vm::runtime::is_suspended(p, &ctx.home, &id))
+    };
     if control::status(&project.socket_path()).is_none() {
-        if shutdown && vibebox_vm::runtime::is_suspended(&project, &ctx.home) {
-            vibebox_vm::runtime::discard_suspended(&project, &ctx.home);
+        if let (true, Some(id)) = (shutdown && suspended(&project), session) {
+            vibebox_vm::runtime::discard_suspended(&project, &ctx.home, &id);
             println!(
                 "the box of {dir} was suspended: its saved state is gone, the next start boots"
             );
@@ -210,7 +214,7 @@ pub fn stop(ctx: &Context, shutdown: bool) -> anyhow::Result<()> {
     control::stop(&project.socket_path(), shutdown)?;
     if shutdown {
         println!("powered off the box of {dir}");
-    } else if vibebox_vm::runtime::is_suspended(&project, &ctx.home) {
+    } else if suspended(&project) {
         println!("suspended the box of {dir}: the next start resumes it (`vibebox stop --shutdown` powers off)");
     } else {
         println!("stopped the box of {dir}");

@@ -41,8 +41,9 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
         .iter()
         .map(|e| {
             let project = Project::at(&e.directory);
+            let usage = project.disk_usage();
             let status = control::status(&project.socket_path());
-            let at_rest = if vibebox_vm::runtime::is_suspended(&project, &ctx.home) {
+            let at_rest = if vibebox_vm::runtime::is_suspended(&project, &ctx.home, &e.id) {
                 "suspended"
             } else {
                 "stopped"
@@ -56,8 +57,8 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
                 clients: status.map_or(0, |s| s.clients),
                 last_active: e.last_active.to_string(),
                 created: e.created.to_string(),
-                disk_bytes: project.disk_usage().disk_bytes,
-                state_bytes: project.disk_usage().state_bytes,
+                disk_bytes: usage.disk_bytes,
+                state_bytes: usage.state_bytes,
             }
         })
         .collect();

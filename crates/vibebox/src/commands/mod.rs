@@ -11,7 +11,7 @@ pub mod snapshot;
 pub mod trust;
 
 use anyhow::Context as _;
-use vibebox_core::config::{Config, ConfigLoadError};
+use vibebox_core::config::Config;
 use vibebox_core::project::Project;
 
 /// Loads the project's config, or the defaults when it has none yet.
@@ -19,13 +19,7 @@ pub fn load_config(project: &Project) -> anyhow::Result<Config> {
     if !project.has_config() {
         return Ok(Config::default());
     }
-    Config::load(&project.config_path()).map_err(|e| match e {
-        ConfigLoadError::Invalid(problems) => anyhow::Error::new(problems).context(format!(
-            "{} is not valid; nothing was changed",
-            project.config_path().display()
-        )),
-        other => anyhow::Error::new(other).context("cannot load the project config"),
-    })
+    crate::plan::read_config(project).map(|(_, config)| config)
 }
 
 /// Creates the missing host directories of the default config's mounts (the
