@@ -1078,6 +1078,28 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_directory_must_be_ours_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let uid = rustix::process::getuid().as_raw();
+        let base = tempfile::tempdir().unwrap();
+        let dir = private_dir_in(base.path(), uid).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // Made first and left open to others: refused.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(private_dir_in(base.path(), uid), None);
+        // A symlink planted in its place: refused.
+        fs::remove_dir(&dir).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), &dir).unwrap();
+        assert_eq!(private_dir_in(base.path(), uid), None);
+        // Owned by another user (here: asked for uid+1, owned by us): refused.
+        assert_eq!(private_dir_in(base.path(), uid + 1), None);
+    }
+
+    #[test]
     fn the_console_log_is_capped() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("console.sock");

@@ -1198,6 +1198,29 @@ fn snapshots_bring_back_disk_and_processes() {
         text.contains("two") && !text.contains("WORKER-ALIVE"),
         "{text}"
     );
+    // A snapshot's memory lives in .vibebox/ (a repository can ship or change
+    // it): changed since it was taken, it is never loaded; only the disk is.
+    w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+    let dev = dir.join(".vibebox/snapshots/first/dev.state");
+    let mut bytes = fs::read(&dev).unwrap();
+    bytes.extend_from_slice(b"tampered");
+    fs::write(&dev, bytes).unwrap();
+    let out = w
+        .vm(&dir)
+        .args(["snapshot", "restore", "first", "--yes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("changed since it was taken"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = run_script(&w, &dir, check);
+    assert!(
+        text.contains("one") && !text.contains("WORKER-ALIVE"),
+        "{text}"
+    );
     w.vm(&dir)
         .args(["snapshot", "rm", "first"])
         .assert()
