@@ -30,5 +30,6 @@ pub mod project;
 pub mod protect;
 pub mod runtime;
 pub mod session;
+pub mod subids;
 pub mod text;
 pub mod trust;

@@ -48,6 +48,8 @@ pub struct SessionPlan {
     pub warnings: Vec<String>,
     /// The text `:explain` shows in the box.
     pub explain: String,
+    /// The runtime the client selected (`vm` or `container`).
+    pub runtime: String,
 }
 
 /// A plan could not be made.
@@ -257,6 +259,7 @@ mod tests {
             shares,
             warnings: Vec::new(),
             explain: String::new(),
+            runtime: "vm".into(),
         };
         // The box rewrites the file afterwards: the plan does not care.
         std::fs::write(project.config_path(), "[box]\ncpu_count = 64\n").unwrap();

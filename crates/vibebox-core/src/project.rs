@@ -232,7 +232,11 @@ impl Project {
                 if let Some(what) = describe(ft, &e.path()) {
                     return Err(unsafe_state(e.path(), what));
                 }
-                if ft.is_dir() {
+                // The container runtime's layers hold the box's own root tree
+                // (its files, symlinks and whiteouts): only the box reads them.
+                let layer = d == dir.join("container")
+                    && (e.file_name() == "upper" || e.file_name() == "work");
+                if ft.is_dir() && !layer {
                     stack.push(e.path());
                 }
             }

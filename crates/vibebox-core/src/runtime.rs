@@ -5,7 +5,7 @@
 //! returns can be watched (did it end by itself?) and shut down. The
 //! supervisor owns everything around it: the control socket, the lease, the
 //! network engine, the shared SSH connection. `vibebox-vm` implements it for
-//! QEMU; a container runtime is the next one.
+//! QEMU, `vibebox-container` for crun.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,10 @@ pub struct Availability {
 pub struct NetworkEndpoint {
     /// The engine's unix socket (Ethernet frames, length-prefixed).
     pub socket: PathBuf,
+    /// The engine's unix socket for a frame device: a runtime that makes
+    /// its machine's NIC itself (a TAP, or a packet socket on a veth pair)
+    /// sends its fd there (`SCM_RIGHTS`), and the engine drives it.
+    pub frames_socket: PathBuf,
     /// The guest NIC's MAC address (`52:54:…`).
     pub guest_mac: String,
     /// The guest's address.

@@ -72,6 +72,23 @@ used=$(du -smx "$view" | cut -f1)
 size=$((used + used / 4 + 256))
 status=0
 mkfs.ext4 -q -F -L vibebox-root -d "$view" "$OUT/disk.img" "${size}M" || status=$?
+
+phase "writing the root tree for the container runtime (rootfs.tar)"
+# The container runtime unpacks this as root of a user namespace whose id 0 is
+# the host user, and runs the box in a namespace nested in it that maps box id
+# 1000 (vibecoder) to that id 0 and every other box id n to n + 1. The owners
+# are written already shifted that way (tar --owner-map), so one plain
+# `tar -x` gives a tree the box sees with its own owners, setuid bits kept.
+map="$WORK/idmap"
+: >"$map"
+if [ $status -eq 0 ]; then
+  for id in $(find "$view" -xdev -printf '%U\n%G\n' | sort -un); do
+    if [ "$id" -eq 1000 ]; then echo "+1000 +0"; elif [ "$id" -lt 65535 ]; then echo "+$id +$((id + 1))"; else
+      echo "an owner id of $id is in the image; the container runtime maps ids up to 65534" >&2; status=1
+    fi
+  done >"$map"
+fi
+[ $status -eq 0 ] && { tar --numeric-owner --owner-map="$map" --group-map="$map" -cpf "$OUT/rootfs.tar" -C "$view" . || status=$?; }
 umount "$view"
 rmdir "$view"
 exit $status

@@ -261,7 +261,7 @@ fn build_in(
             .images_dir
             .join(format!(".old-{}-{}", opts.name, std::process::id()));
         fs::rename(&target, &old).map_err(io_err("cannot move", &target))?;
-        let _ = fs::remove_dir_all(&old);
+        let _ = vibebox_core::subids::remove_tree(&old);
     }
     fs::rename(&out, &target).map_err(io_err("cannot install", &target))?;
     let _ = fs::remove_dir_all(work);

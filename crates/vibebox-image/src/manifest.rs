@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::{io_err, ImageError};
 
 /// The files every image has.
-pub const IMAGE_FILES: &[&str] = &["disk.img", "vmlinuz", "vmlinux", "initrd.img"];
+pub const IMAGE_FILES: &[&str] = &["disk.img", "vmlinuz", "vmlinux", "initrd.img", "rootfs.tar"];
 
 /// The manifest of one image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +138,9 @@ pub fn remove(images_dir: &Path, name: &vibebox_core::image::ImageName) -> Resul
     // Rename first so that no session picks up a half-removed image.
     let doomed = images_dir.join(format!(".removing-{name}-{}", std::process::id()));
     fs::rename(&dir, &doomed).map_err(io_err("cannot move", &dir))?;
-    fs::remove_dir_all(&doomed).map_err(io_err("cannot remove", &doomed))
+    // An unpacked root tree for the container runtime is owned by the user's
+    // subordinate ids.
+    vibebox_core::subids::remove_tree(&doomed).map_err(io_err("cannot remove", &doomed))
 }
 
 #[cfg(test)]

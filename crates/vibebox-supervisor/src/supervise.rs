@@ -14,7 +14,7 @@ use std::time::Duration;
 use vibebox_core::config::Config;
 use vibebox_core::policy::Policy;
 use vibebox_core::project::Project;
-use vibebox_core::runtime::{Machine, NetworkEndpoint, Runtime, StartEvents, StartRequest};
+use vibebox_core::runtime::{Machine, NetworkEndpoint, StartEvents, StartRequest};
 use vibebox_net::engine;
 use vibebox_vm::process::{spawn_tied, wait_for, Tied};
 use vibebox_vm::qemu::GUEST_NIC_MAC;
@@ -54,17 +54,21 @@ pub fn open_lock_file(path: &Path) -> Result<fs::File, SupervisorError> {
         .because(|| format!("cannot open {}", path.display()))
 }
 
-/// Starts the network engine on `socket`: it serves the QEMU that connects
-/// there, forwards `ssh` and the exposed ports into the guest, and logs every
+/// Starts the network engine: it serves the QEMU that connects to
+/// `network.socket` (frames on a stream) and the frame device a runtime sends
+/// to `network.frames_socket` (a TAP or packet socket, by `SCM_RIGHTS`),
+/// forwards `ssh` and the exposed ports into the guest, and logs every
 /// decision to `.vibebox/logs/network.log`.
 fn start_engine(
     project: &Project,
     config: &Config,
-    socket: &Path,
+    network: &NetworkEndpoint,
     ssh: std::net::TcpListener,
 ) -> Result<(), SupervisorError> {
-    let listener =
-        UnixListener::bind(socket).because(|| format!("cannot listen on {}", socket.display()))?;
+    let streams = UnixListener::bind(&network.socket)
+        .because(|| format!("cannot listen on {}", network.socket.display()))?;
+    let frames = UnixListener::bind(&network.frames_socket)
+        .because(|| format!("cannot listen on {}", network.frames_socket.display()))?;
     let path = project.logs_dir().join("network.log");
     let log = vibebox_net::log::RotatingLog::open(&path, vibebox_net::log::NETWORK_LOG_MAX)
         .because(|| format!("cannot open {}", path.display()))?;
@@ -84,31 +88,67 @@ fn start_engine(
         max_connections: config.network.max_connections as usize,
     };
     let log = std::sync::Arc::new(std::sync::Mutex::new(log));
-    // One engine per QEMU that connects (a start that is retried connects
-    // again), one at a time.
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { break };
-            let Ok(forwards) = forwards
-                .iter()
-                .map(|(l, p)| l.try_clone().map(|l| (l, *p)))
-                .collect::<std::io::Result<Vec<_>>>()
-            else {
-                break;
-            };
-            let log = log.clone();
-            let engine = engine::Engine::new(
+    // One engine per machine that connects (a start that is retried
+    // connects again), one at a time.
+    let new_engine = std::sync::Arc::new(move || -> Option<engine::Engine> {
+        let forwards = forwards
+            .iter()
+            .map(|(l, p)| l.try_clone().map(|l| (l, *p)))
+            .collect::<std::io::Result<Vec<_>>>()
+            .ok()?;
+        let log = log.clone();
+        Some(
+            engine::Engine::new(
                 cfg.clone(),
                 Box::new(move |e| {
                     let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
                     let _ = log.write_line(&e.to_line());
                 }),
             )
-            .with_forwards(forwards);
+            .with_forwards(forwards),
+        )
+    });
+    let make = new_engine.clone();
+    std::thread::spawn(move || {
+        for stream in streams.incoming() {
+            let Ok(stream) = stream else { break };
+            let Some(engine) = make() else { break };
             let _ = engine.run(stream);
         }
     });
+    std::thread::spawn(move || {
+        for stream in frames.incoming() {
+            let Ok(stream) = stream else { break };
+            let Some(fd) = receive_fd(&stream) else {
+                continue;
+            };
+            let Ok(link) = vibebox_net::link::PacketLink::new(fd) else {
+                continue;
+            };
+            let Some(engine) = new_engine() else { break };
+            let _ = engine.run_link(link);
+        }
+    });
     Ok(())
+}
+
+/// The one fd sent on `stream` (`SCM_RIGHTS`), if any.
+fn receive_fd(stream: &std::os::unix::net::UnixStream) -> Option<std::os::fd::OwnedFd> {
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = rustix::net::RecvAncillaryBuffer::new(&mut space);
+    let mut buf = [0u8; 16];
+    rustix::net::recvmsg(
+        stream,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut anc,
+        rustix::net::RecvFlags::CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let fd = anc.drain().find_map(|m| match m {
+        rustix::net::RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+        _ => None,
+    });
+    fd
 }
 
 /// How long the shared SSH connection may take to open (key exchange runs
@@ -187,8 +227,9 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     let state = Server::new(std::process::id(), grace);
     state.listen(listener);
     log(&format!(
-        "supervising session {session} of {}",
-        project.dir().display()
+        "supervising session {session} of {} (runtime: {})",
+        project.dir().display(),
+        plan.runtime
     ));
     let run_dir = run_dir(&session)?;
     let _ = fs::remove_dir_all(&run_dir);
@@ -198,18 +239,25 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             .mode(0o700)
             .create(&run_dir)
             .because(|| format!("cannot create {}", run_dir.display()))?;
-        let runtime = vibebox_vm::runtime::VmRuntime::new(&host.vibebox_home, &host.probe_exe);
+        let runtime = crate::select::by_name(&plan.runtime, &host.vibebox_home, &host.probe_exe)
+            .ok_or_else(|| {
+                SupervisorError::new(format!(
+                    "the plan names no known runtime ({:?})",
+                    plan.runtime
+                ))
+            })?;
         let ssh_listener = std::net::TcpListener::bind("127.0.0.1:0")
             .because(|| "cannot open a local port for SSH".to_string())?;
         let ssh_port = ssh_listener.local_addr()?.port();
         let network = NetworkEndpoint {
             socket: run_dir.join("net.sock"),
+            frames_socket: run_dir.join("net-frames.sock"),
             guest_mac: GUEST_NIC_MAC.to_string(),
             guest_address: engine::GUEST,
             prefix: engine::PREFIX,
             gateway: engine::GATEWAY,
         };
-        start_engine(&project, &config, &network.socket, ssh_listener)?;
+        start_engine(&project, &config, &network, ssh_listener)?;
         let request = StartRequest {
             plan,
             config: &config,

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod disk;
+pub mod guest;
 pub mod kvm;
 pub mod process;
 pub mod qemu;

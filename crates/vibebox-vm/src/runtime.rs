@@ -9,7 +9,7 @@
 //! shutdown and kills what is left.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::Command;
@@ -21,6 +21,7 @@ use vibebox_core::runtime::{
     Availability, Machine as RunningMachine, Runtime, RuntimeError, StartEvents, StartRequest,
 };
 
+use crate::guest::NotReady;
 use crate::kvm::KvmVerdict;
 use crate::process::{spawn_tied, wait_for, Tied};
 use crate::qemu::{Accel, Machine, Share};
@@ -31,8 +32,7 @@ use serde_json::json;
 
 /// How long the guest may take from QEMU start to "ready" (TCG is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-/// The longest line read from the guest's control port.
-pub const CONTROL_LINE_MAX: usize = 4096;
+pub use crate::guest::CONTROL_LINE_MAX;
 /// The guest console log is rotated at this size (one older file is kept as
 /// `console.log.1`): a guest printing forever cannot fill the host's disk.
 pub const CONSOLE_LOG_MAX: u64 = 4 << 20;
@@ -284,28 +284,6 @@ fn tsc_khz() -> Option<u64> {
         .parse()
         .ok()?;
     Some((mhz * 1000.0) as u64)
-}
-
-/// Standard base64, for values handed to the guest's init on one line.
-fn b64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Writes what QEMU sends on `socket` (the guest console) to `log`, capped at
@@ -967,31 +945,7 @@ fn start_machine(
             ram_in_memory,
         });
     }
-    let mut msg = String::new();
-    let mut key = pubkey.split_whitespace();
-    msg.push_str(&format!(
-        "key {} {}\n",
-        key.next().unwrap_or_default(),
-        key.next().unwrap_or_default()
-    ));
-    let net = req.network;
-    msg.push_str(&format!(
-        "net {} {}/{} {gw} {gw}\n",
-        net.guest_mac,
-        net.guest_address,
-        net.prefix,
-        gw = net.gateway
-    ));
-    for (tag, mode, guest) in &guest_mounts {
-        let mode = if *mode == MountMode::ReadOnly {
-            "ro"
-        } else {
-            "rw"
-        };
-        msg.push_str(&format!("mount {tag} {mode} {}\n", b64(guest.as_bytes())));
-    }
-    msg.push_str(&format!("explain {}\n", b64(req.plan.explain.as_bytes())));
-    msg.push_str("end\n");
+    let msg = crate::guest::config_message(pubkey, req.network, &guest_mounts, &req.plan.explain);
     control.write_all(msg.as_bytes()).map_err(io)?;
     let mut running = VmMachine {
         qemu,
@@ -1003,15 +957,16 @@ fn start_machine(
         ram_in_memory,
     };
     // Wait for "ready <host key>".
-    running
-        .control
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .map_err(io)?;
-    let mut reader = BufReader::new(running.control.try_clone().map_err(io)?);
     let start = Instant::now();
-    let mut line = String::new();
-    loop {
-        if let Ok(Some(status)) = running.qemu.0.try_wait() {
+    let ready = crate::guest::await_ready(
+        &running.control.try_clone().map_err(io)?,
+        &project.ssh_dir(),
+        BOOT_TIMEOUT,
+        || running.qemu.0.try_wait().ok().flatten(),
+    );
+    match ready {
+        Ok(()) => {}
+        Err(NotReady::Ended(status)) => {
             let msg = format!(
                 "QEMU exited during boot ({status}); the guest console ended with:\n{}\nQEMU said:\n{}",
                 console_tail(&project.logs_dir().join("console.log")),
@@ -1022,7 +977,7 @@ fn start_machine(
             }
             return Err(fail(msg).into());
         }
-        if start.elapsed() > BOOT_TIMEOUT {
+        Err(NotReady::Timeout) => {
             Box::new(running).shutdown(events);
             return Err(fail(format!(
                 "the guest did not become ready within {} s; see .vibebox/logs/console.log",
@@ -1030,33 +985,16 @@ fn start_machine(
             ))
             .into());
         }
-        // The guest's init lives on a disk the guest's root can rewrite: its
-        // lines are bounded like any input from the box.
-        let room = (CONTROL_LINE_MAX + 1).saturating_sub(line.len()) as u64;
-        let read = std::io::Read::take(&mut reader, room).read_line(&mut line);
-        if line.len() > CONTROL_LINE_MAX {
+        Err(NotReady::TooLong) => {
             Box::new(running).shutdown(events);
             return Err(fail(format!(
                 "the guest sent a control line longer than {CONTROL_LINE_MAX} bytes; see .vibebox/logs/console.log"
             ))
             .into());
         }
-        match read {
-            Ok(0) => std::thread::sleep(Duration::from_millis(50)),
-            Ok(_) if !line.ends_with('\n') => {}
-            Ok(_) => {
-                if let Some(rest) = line.trim().strip_prefix("ready ") {
-                    let (kind, blob) = ssh::parse_host_key(rest)
-                        .ok_or_else(|| fail("the guest sent an invalid host key"))?;
-                    ssh::pin_host_key(&project.ssh_dir(), &kind, &blob).map_err(vm)?;
-                    break;
-                }
-                line.clear();
-            }
-            Err(_) => {}
-        }
+        Err(NotReady::BadKey) => return Err(fail("the guest sent an invalid host key").into()),
+        Err(NotReady::Failed(e)) => return Err(fail(e).into()),
     }
-    running.control.set_read_timeout(None).map_err(io)?;
     events.log(&format!(
         "guest ready after {:.1} s",
         start.elapsed().as_secs_f64()
@@ -1067,15 +1005,6 @@ fn start_machine(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(b64(b""), "");
-        assert_eq!(b64(b"f"), "Zg==");
-        assert_eq!(b64(b"fo"), "Zm8=");
-        assert_eq!(b64(b"foo"), "Zm9v");
-        assert_eq!(b64(b"/home/vibecoder/a b"), "L2hvbWUvdmliZWNvZGVyL2EgYg==");
-    }
 
     #[test]
     fn the_memory_directory_must_be_ours_and_private() {

@@ -13,6 +13,15 @@ pub struct Cli {
     /// What to do; with none, enter the box of the project here.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The runtime for a box this command starts: auto, vm or container
+    /// (overrides `[box] runtime` in vibebox.toml).
+    #[arg(long, global = true, value_parser = parse_runtime)]
+    pub runtime: Option<vibebox_core::config::RuntimeChoice>,
+}
+
+fn parse_runtime(s: &str) -> Result<vibebox_core::config::RuntimeChoice, String> {
+    s.parse()
+        .map_err(|()| format!("`{s}` is not a runtime; use auto, vm or container"))
 }
 
 /// The subcommands.
@@ -105,6 +114,12 @@ pub enum Command {
     /// Internal: the guest half of the KVM probe (prints nanoseconds).
     #[command(name = "__kvm-probe", hide = true)]
     KvmProbe,
+    /// Internal: the container runtime's stage inside its namespaces.
+    #[command(name = "__container-stage", hide = true)]
+    ContainerStage {
+        /// The stage's arguments (a JSON file).
+        args: std::path::PathBuf,
+    },
 }
 
 /// `vibebox image ...`.

@@ -20,6 +20,8 @@ pub struct Context {
     pub cwd: PathBuf,
     /// The global session index.
     pub index: Index,
+    /// `--runtime`, which overrides `[box] runtime`.
+    pub runtime: Option<vibebox_core::config::RuntimeChoice>,
 }
 
 impl Context {
@@ -35,6 +37,7 @@ impl Context {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
         Ok(Context {
             index: Index::new(&home),
+            runtime: None,
             home,
             host_home,
             cwd,

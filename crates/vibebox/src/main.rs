@@ -30,7 +30,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         println!("{}", took.as_nanos());
         return Ok(0);
     }
-    let ctx = context::Context::from_env()?;
+    if let Some(Command::ContainerStage { args }) = &cli.command {
+        return Ok(vibebox_container::stage::main(args));
+    }
+    let mut ctx = context::Context::from_env()?;
+    ctx.runtime = cli.runtime;
     match cli.command {
         None => commands::connect::run(&ctx),
         Some(Command::Init) => commands::init::run(&ctx).map(|()| 0),
@@ -49,7 +53,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Stop { shutdown }) => commands::connect::stop(&ctx, shutdown).map(|()| 0),
         Some(Command::Trust { yes }) => commands::trust::run(&ctx, yes).map(|()| 0),
         Some(Command::Supervise { dir }) => runtime::run_supervisor(&ctx, &dir).map(|()| 0),
-        Some(Command::Completions { .. }) | Some(Command::KvmProbe) => Ok(0),
+        Some(Command::Completions { .. })
+        | Some(Command::KvmProbe)
+        | Some(Command::ContainerStage { .. }) => Ok(0),
     }
 }
 

@@ -18,6 +18,7 @@ pub fn probe_exe() -> PathBuf {
 
 /// Which runtime would run a session configured with `choice`, and why.
 pub fn select(ctx: &Context, choice: RuntimeChoice) -> RuntimeView {
+    let choice = ctx.runtime.unwrap_or(choice);
     vibebox_supervisor::select::select(choice, &ctx.home, &probe_exe())
 }
 

@@ -55,6 +55,7 @@ impl Prepared {
             shares,
             warnings,
             explain,
+            runtime: self.runtime.selected.clone().unwrap_or_default(),
         })
     }
 }

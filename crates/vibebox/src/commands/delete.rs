@@ -90,7 +90,7 @@ pub fn remove_session(ctx: &Context, entry: &SessionEntry) -> anyhow::Result<()>
         // remove .vibebox/ when it still holds this session.
         if project.read_session_id().ok().flatten() == Some(entry.id) {
             let dir = project.state_dir();
-            std::fs::remove_dir_all(&dir)
+            vibebox_core::subids::remove_tree(&dir)
                 .with_context(|| format!("cannot remove {}", dir.display()))?;
         }
         entries.retain(|e| e.id != entry.id);

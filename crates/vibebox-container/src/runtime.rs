@@ -1,0 +1,428 @@
+//! [`ContainerRuntime`]: the box as a crun container.
+//!
+//! A start checks the image, unpacks its root tree once, makes the keys,
+//! writes the OCI bundle, and runs
+//! `unshare --user … --mount --net --pid --fork --kill-child vibebox
+//! __container-stage` ([`crate::stage`]), which mounts the overlay root,
+//! makes the NIC and runs crun. The NIC's packet socket goes to the network
+//! engine; the box's init gets its configuration over the same control
+//! protocol as in the VM and reports ready with its SSH host key. Killing the
+//! supervisor kills `unshare`, whose child is PID 1 of the box's pid
+//! namespace: nothing of the box survives it.
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vibebox_core::runtime::{
+    Availability, Machine, Runtime, RuntimeError, StartEvents, StartRequest,
+};
+use vibebox_core::subids::SubIds;
+use vibebox_vm::guest::{self, NotReady, CONTROL_LINE_MAX};
+use vibebox_vm::process::Tied;
+use vibebox_vm::ssh;
+
+use crate::bundle::{self, BundleSpec};
+use crate::rootfs;
+use crate::stage::StageArgs;
+
+/// How long the box's init may take to report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the stage may take to mount, make the NIC and start crun.
+const STAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a box may take to power off before it is killed.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn fail(msg: impl Into<String>) -> RuntimeError {
+    RuntimeError(msg.into())
+}
+
+/// The container runtime.
+#[derive(Debug, Clone)]
+pub struct ContainerRuntime {
+    exe: PathBuf,
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// crun's version line, e.g. `crun version 1.8.1`.
+fn crun_version() -> Option<String> {
+    let out = Command::new("crun").arg("--version").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(|l| l.trim().to_string())
+}
+
+impl ContainerRuntime {
+    /// `exe` is the vibebox executable (it runs the stage).
+    pub fn new(exe: &Path) -> ContainerRuntime {
+        ContainerRuntime {
+            exe: exe.to_path_buf(),
+        }
+    }
+}
+
+impl Runtime for ContainerRuntime {
+    fn name(&self) -> &'static str {
+        "container"
+    }
+
+    fn availability(&self) -> Availability {
+        let no = |reason: String| Availability {
+            available: false,
+            reason,
+        };
+        for (tool, package) in [
+            ("crun", "crun"),
+            ("unshare", "util-linux"),
+            ("newuidmap", "uidmap"),
+            ("ip", "iproute2"),
+        ] {
+            if !on_path(tool) {
+                return no(format!(
+                    "{tool} is not installed (install {package}, or run scripts/install-deps)"
+                ));
+            }
+        }
+        let ids = match SubIds::of_current_user() {
+            Ok(ids) => ids,
+            Err(e) => return no(format!("{e}; {}", e.help())),
+        };
+        // The kernel may refuse unprivileged user namespaces: try one.
+        match Command::new("unshare")
+            .args(ids.unshare_args())
+            .args(["--mount", "--net", "--pid", "--fork", "true"])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return no(format!(
+                    "a user namespace cannot be made here: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ))
+            }
+            Err(e) => return no(format!("cannot run unshare: {e}")),
+        }
+        Availability {
+            available: true,
+            reason: format!(
+                "{}: user namespace, seccomp, no CAP_SYS_ADMIN",
+                crun_version().unwrap_or_else(|| "crun".into())
+            ),
+        }
+    }
+
+    fn start(
+        &self,
+        req: &StartRequest<'_>,
+        events: &mut dyn StartEvents,
+    ) -> Result<Box<dyn Machine>, RuntimeError> {
+        let project = req.plan.project();
+        let name = &req.config.image;
+        let image = name.dir(req.vibebox_home);
+        let manifest = vibebox_image::read_manifest(&image).map_err(|e| {
+            fail(format!(
+                "{e}; build the image with `vibebox image build --name {name}`"
+            ))
+        })?;
+        if manifest.guest_version != vibebox_image::guest_version() {
+            return Err(fail(format!(
+                "the base image `{name}` was built by another version of vibebox; rebuild it with `vibebox image build --name {name}`"
+            )));
+        }
+        let ids = SubIds::of_current_user().map_err(|e| fail(format!("{e}; {}", e.help())))?;
+        let lower = rootfs::ensure_unpacked(&image, &ids, &mut |s| events.progress(s))
+            .map_err(|e| fail(e.to_string()))?;
+        events.progress("preparing keys and the box's root");
+        let pubkey = ssh::ensure_keypair(&project.ssh_dir()).map_err(|e| fail(e.to_string()))?;
+        let layers = project.state_dir().join("container");
+        fs::create_dir_all(&layers)
+            .map_err(|e| fail(format!("cannot create {}: {e}", layers.display())))?;
+
+        let run = req.run_dir;
+        let mk = |d: &Path| {
+            fs::create_dir_all(d).map_err(|e| fail(format!("cannot create {}: {e}", d.display())))
+        };
+        let (bundle_dir, merged, overlay_dir, crun_root, empty_dir) = (
+            run.join("bundle"),
+            run.join("rootfs"),
+            run.join("overlay"),
+            run.join("crun"),
+            run.join("empty"),
+        );
+        for d in [&bundle_dir, &merged, &overlay_dir, &crun_root, &empty_dir] {
+            mk(d)?;
+        }
+        let empty_file = run.join("empty-file");
+        fs::write(&empty_file, "")
+            .map_err(|e| fail(format!("cannot write {}: {e}", empty_file.display())))?;
+        let spec = BundleSpec {
+            rootfs: &merged,
+            shares: &req.plan.shares,
+            empty_dir: &empty_dir,
+            empty_file: &empty_file,
+        };
+        let config = bundle::config(&spec);
+        let write_json = |path: PathBuf, value: &serde_json::Value| {
+            let text = serde_json::to_string_pretty(value)
+                .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
+            fs::write(&path, text)
+                .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))
+        };
+        write_json(bundle_dir.join("config.json"), &config)?;
+        let args = StageArgs {
+            lower,
+            layers,
+            merged,
+            overlay_dir,
+            bundle: bundle_dir,
+            crun_root,
+            guest_mac: req.network.guest_mac.clone(),
+            checks: bundle::guarded_paths(&req.plan.shares),
+        };
+        let args_file = run.join("stage.json");
+        write_json(
+            args_file.clone(),
+            &serde_json::to_value(&args).map_err(|e| fail(e.to_string()))?,
+        )?;
+
+        events.progress("starting the container (crun)");
+        let (stage_ours, stage_theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| fail(format!("cannot make a socket pair: {e}")))?;
+        let (ctl_ours, ctl_theirs) =
+            UnixStream::pair().map_err(|e| fail(format!("cannot make a socket pair: {e}")))?;
+        let log_path = project.logs_dir().join("container.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
+        let mut cmd = Command::new("unshare");
+        cmd.args(ids.unshare_args())
+            .args([
+                "--mount",
+                "--net",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "--",
+            ])
+            .arg(&self.exe)
+            .arg("__container-stage")
+            .arg(&args_file)
+            .stdin(Stdio::from(stage_theirs))
+            .stdout(log)
+            .stderr(log2);
+        let ctl_fd = ctl_theirs.as_raw_fd();
+        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)?;
+                // The box's control channel is fd 3, inherited down to its init.
+                if libc::dup2(ctl_fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("cannot run unshare: {e}")))?;
+        drop(ctl_theirs);
+        drop(cmd);
+        let mut machine = ContainerMachine {
+            child: Tied(child),
+            control: ctl_ours,
+        };
+        let log_tail = || {
+            let text = fs::read(&log_path).unwrap_or_default();
+            let tail = &text[text.len().saturating_sub(2000)..];
+            String::from_utf8_lossy(tail)
+                .lines()
+                .map(vibebox_core::text::for_terminal)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        wait_for_stage(&stage_ours, &mut machine, req, events)
+            .map_err(|e| fail(format!("{e}; the container log ends with:\n{}", log_tail())))?;
+
+        let msg = guest::config_message(&pubkey, req.network, &[], &req.plan.explain);
+        machine
+            .control
+            .write_all(msg.as_bytes())
+            .map_err(|e| fail(format!("the box's control channel failed: {e}")))?;
+        let start = Instant::now();
+        let ready = guest::await_ready(&machine.control, &project.ssh_dir(), READY_TIMEOUT, || {
+            machine.child.0.try_wait().ok().flatten()
+        });
+        match ready {
+            Ok(()) => {}
+            Err(NotReady::Ended(status)) => {
+                return Err(fail(format!(
+                    "the container ended during its start ({status}); its log ends with:\n{}",
+                    log_tail()
+                )))
+            }
+            Err(NotReady::Timeout) => {
+                return Err(fail(format!(
+                    "the box did not become ready within {} s; see .vibebox/logs/container.log",
+                    READY_TIMEOUT.as_secs()
+                )))
+            }
+            Err(NotReady::TooLong) => {
+                return Err(fail(format!(
+                    "the box sent a control line longer than {CONTROL_LINE_MAX} bytes"
+                )))
+            }
+            Err(NotReady::BadKey) => return Err(fail("the box sent an invalid host key")),
+            Err(NotReady::Failed(e)) => return Err(fail(e)),
+        }
+        events.log(&format!(
+            "box ready {:.2} s after its init started",
+            start.elapsed().as_secs_f64()
+        ));
+        Ok(Box::new(machine))
+    }
+}
+
+/// Reads the stage's reports until the container started: hands the NIC
+/// to the network engine (or says why there is none).
+fn wait_for_stage(
+    sock: &OwnedFd,
+    machine: &mut ContainerMachine,
+    req: &StartRequest<'_>,
+    events: &mut dyn StartEvents,
+) -> Result<(), String> {
+    let start = Instant::now();
+    rustix::io::ioctl_fionbio(sock, true).map_err(|e| e.to_string())?;
+    loop {
+        if let Ok(Some(status)) = machine.child.0.try_wait() {
+            return Err(format!("the container's stage ended ({status})"));
+        }
+        if start.elapsed() > STAGE_TIMEOUT {
+            return Err(format!(
+                "the container did not start within {} s",
+                STAGE_TIMEOUT.as_secs()
+            ));
+        }
+        let mut buf = [0u8; 4096];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut anc = rustix::net::RecvAncillaryBuffer::new(&mut space);
+        let got = rustix::net::recvmsg(
+            sock,
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            &mut anc,
+            rustix::net::RecvFlags::CMSG_CLOEXEC,
+        );
+        let n = match got {
+            Ok(r) if r.bytes == 0 => return Err("the container's stage closed its channel".into()),
+            Ok(r) => r.bytes,
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => return Err(format!("the container's stage channel failed: {e}")),
+        };
+        let fd: Option<OwnedFd> = anc.drain().find_map(|m| match m {
+            rustix::net::RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+            _ => None,
+        });
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let (word, rest) = msg.split_once(' ').unwrap_or((msg.as_str(), ""));
+        match (word, fd) {
+            ("nic", Some(fd)) => hand_to_engine(&req.network.frames_socket, fd)
+                .map_err(|e| format!("cannot hand the box's NIC to the network engine: {e}"))?,
+            ("nonic", _) => {
+                let why = format!(
+                    "the box has no network: {}",
+                    vibebox_core::text::for_terminal(rest)
+                );
+                events.log(&why);
+                events.progress(&why);
+            }
+            ("started", _) => return Ok(()),
+            ("failed", _) => return Err(vibebox_core::text::for_terminal(rest)),
+            _ => return Err("the container's stage sent an unknown message".into()),
+        }
+    }
+}
+
+/// Sends the NIC's packet socket to the engine (`SCM_RIGHTS`).
+fn hand_to_engine(socket: &Path, fd: OwnedFd) -> std::io::Result<()> {
+    let stream = UnixStream::connect(socket)?;
+    let fds = [fd.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = rustix::net::SendAncillaryBuffer::new(&mut space);
+    anc.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        &stream,
+        &[std::io::IoSlice::new(b"nic")],
+        &mut anc,
+        rustix::net::SendFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// A running container.
+pub struct ContainerMachine {
+    /// `unshare`, whose child is PID 1 of the box's pid namespace.
+    child: Tied,
+    /// The box init's control channel.
+    control: UnixStream,
+}
+
+impl Machine for ContainerMachine {
+    fn exited(&mut self) -> Option<String> {
+        match self.child.0.try_wait() {
+            Ok(Some(status)) => Some(format!("the container ended ({status})")),
+            _ => None,
+        }
+    }
+
+    fn shutdown(mut self: Box<Self>, events: &mut dyn StartEvents) {
+        events.progress("powering the box off");
+        let _ = self.control.write_all(b"poweroff\n");
+        let start = Instant::now();
+        while start.elapsed() < SHUTDOWN_TIMEOUT {
+            if let Ok(Some(_)) = self.child.0.try_wait() {
+                events.log("the box powered off");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        events.log("the box did not power off in time; killed it");
+        // Dropping `child` kills unshare, and with it the whole namespace.
+    }
+
+    fn suspend(self: Box<Self>, events: &mut dyn StartEvents) -> Result<(), RuntimeError> {
+        self.shutdown(events);
+        Err(fail(
+            "the container runtime cannot suspend yet: the box was powered off (its files, in .vibebox/container/, stay)",
+        ))
+    }
+}

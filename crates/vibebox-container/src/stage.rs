@@ -1,0 +1,400 @@
+//! The stage: the runtime's half inside the namespaces, between `unshare` and
+//! crun (`vibebox __container-stage ARGS`).
+//!
+//! `unshare` has made a user namespace (id 0 = the host user, 1..=65535 the
+//! user's subordinate ids), a mount, a network and a pid namespace, and runs
+//! the stage as root and PID 1 there. The stage
+//! 1. checks that every shared and guarded path is still what was planned;
+//! 2. mounts the box's root: an overlay of the image's tree (read-only) and the
+//!    session's upper layer in `.vibebox/container/`;
+//! 3. makes the box's NIC: a veth pair whose outer end gets an `AF_PACKET`
+//!    socket, handed to the supervisor (`SCM_RIGHTS`) for the network engine;
+//! 4. runs `crun create`, moves the NIC into the box's network namespace,
+//!    `crun start`, and reaps processes until the box's init ends.
+//!
+//! It talks to the supervisor over its standard input, a `SOCK_SEQPACKET`
+//! socket: `nic` (with the socket) or `nonic REASON`, then `started` or
+//! `failed REASON`. The box's control channel is fd 3, passed on to the box's
+//! init by crun (`--preserve-fds 1`). When the stage ends, the kernel ends
+//! every process of the pid namespace and drops every mount.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+/// The name of the box's NIC inside the box (the outer end is [`OUTER_NIC`]).
+pub const BOX_NIC: &str = "eth0";
+/// The outer end of the veth pair, in the stage's network namespace.
+pub const OUTER_NIC: &str = "vbx0";
+/// crun's name for the container (one per stage, in its own state root).
+pub const CONTAINER_ID: &str = "vibebox";
+
+/// What the runtime tells the stage (a JSON file in the run directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageArgs {
+    /// The image's unpacked tree (lower layer, never written).
+    pub lower: PathBuf,
+    /// `.vibebox/container/` (holds `upper/` and `work/`).
+    pub layers: PathBuf,
+    /// Where the box's root is mounted (an empty directory).
+    pub merged: PathBuf,
+    /// The overlay's helper directory (an empty directory).
+    pub overlay_dir: PathBuf,
+    /// The OCI bundle (holds `config.json`).
+    pub bundle: PathBuf,
+    /// crun's state directory.
+    pub crun_root: PathBuf,
+    /// The box NIC's MAC address.
+    pub guest_mac: String,
+    /// Paths that must still be exactly themselves (no symlink anywhere).
+    pub checks: Vec<PathBuf>,
+}
+
+/// A step failed.
+#[derive(Debug)]
+struct Failed(String);
+
+fn failed(what: &str) -> impl Fn(std::io::Error) -> Failed + '_ {
+    move |e| Failed(format!("{what}: {e}"))
+}
+
+fn errno(what: &str) -> impl Fn(rustix::io::Errno) -> Failed + '_ {
+    move |e| Failed(format!("{what}: {e}"))
+}
+
+/// Sends one message (and an fd) to the supervisor.
+fn tell(sock: BorrowedFd<'_>, msg: &str, fd: Option<BorrowedFd<'_>>) {
+    let fds = fd.map(|f| [f]);
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = rustix::net::SendAncillaryBuffer::new(&mut space);
+    if let Some(fds) = &fds {
+        anc.push(rustix::net::SendAncillaryMessage::ScmRights(fds));
+    }
+    let _ = rustix::net::sendmsg(
+        sock,
+        &[std::io::IoSlice::new(msg.as_bytes())],
+        &mut anc,
+        rustix::net::SendFlags::empty(),
+    );
+}
+
+fn run_tool(cmd: &mut Command, what: &str) -> Result<(), Failed> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Failed(format!("{what}: cannot run {:?}: {e}", cmd.get_program())))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Failed(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Every planned path must still be the same path, with no symlink in it.
+fn check_paths(checks: &[PathBuf]) -> Result<(), Failed> {
+    for p in checks {
+        match fs::canonicalize(p) {
+            Ok(real) if real == *p => {}
+            _ => {
+                return Err(Failed(format!(
+                    "refusing to share: {} changed since the start was checked (it is gone or became a symlink)",
+                    p.display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bind(from: &Path, to: &Path) -> Result<(), Failed> {
+    rustix::mount::mount_bind(from, to).map_err(|e| {
+        Failed(format!(
+            "cannot bind {} to {}: {e}",
+            from.display(),
+            to.display()
+        ))
+    })
+}
+
+/// Mounts the overlay. Its options are a comma-separated list, so the layers
+/// are first bound to plain names in a directory of ours: a project path with
+/// a comma or a colon in it cannot change the options.
+fn mount_root(a: &StageArgs) -> Result<(), Failed> {
+    let upper = a.layers.join("upper");
+    let work = a.layers.join("work");
+    for d in [&upper, &work] {
+        match fs::symlink_metadata(d) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Failed(format!(
+                    "{} is not a directory; refusing to use it",
+                    d.display()
+                )))
+            }
+            Err(_) => fs::create_dir(d).map_err(failed("cannot create the upper layer"))?,
+        }
+    }
+    // The root of the box belongs to the box's root (box id 0 is id 1 here).
+    rustix::fs::chown(&upper, Some(unsafe_uid(1)), Some(unsafe_gid(1)))
+        .map_err(errno("cannot give the upper layer to the box's root"))?;
+    let l = a.overlay_dir.join("l");
+    let c = a.overlay_dir.join("c");
+    for d in [&l, &c] {
+        fs::create_dir_all(d).map_err(failed("cannot prepare the overlay"))?;
+    }
+    bind(&a.lower, &l)?;
+    bind(&a.layers, &c)?;
+    let opts = CString::new(format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        l.display(),
+        c.join("upper").display(),
+        c.join("work").display()
+    ))
+    .map_err(|_| Failed("a path has a NUL byte".into()))?;
+    rustix::mount::mount(
+        "vibebox",
+        &a.merged,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        Some(opts.as_c_str()),
+    )
+    .map_err(errno("cannot mount the box's root (overlayfs)"))
+}
+
+fn unsafe_uid(id: u32) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(id)
+}
+
+fn unsafe_gid(id: u32) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(id)
+}
+
+/// Switches TX checksum offload off on `dev`: on veth the kernel otherwise
+/// leaves checksums (and TSO segmentation) to "hardware", and the engine
+/// would get frames with partial checksums.
+fn tx_checksum_off(dev: &str) -> Result<(), Failed> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    // SAFETY: a zeroed ifreq is valid; the name fits (checked) with its NUL.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if dev.len() >= req.ifr_name.len() {
+        return Err(Failed(format!("interface name {dev} is too long")));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(dev.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )
+    .map_err(errno("cannot open a socket"))?;
+    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points
+    // to; both outlive the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) };
+    if r != 0 {
+        return Err(Failed(format!(
+            "cannot switch TX checksum offload off on {dev}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// An `AF_PACKET` socket on `dev` that sees the frames arriving there (not
+/// those sent).
+fn packet_socket(dev: &str) -> Result<OwnedFd, Failed> {
+    const ETH_P_ALL: u16 = 3;
+    const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+    let name = CString::new(dev).map_err(|_| Failed("bad interface name".into()))?;
+    // SAFETY: plain system calls on values we own.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ALL.to_be()),
+        );
+        if fd < 0 {
+            return Err(Failed(format!(
+                "cannot open a packet socket: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_IGNORE_OUTGOING,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(Failed(format!(
+                "cannot set PACKET_IGNORE_OUTGOING: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let index = libc::if_nametoindex(name.as_ptr());
+        if index == 0 {
+            return Err(Failed(format!("no interface {dev}")));
+        }
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETH_P_ALL.to_be();
+        addr.sll_ifindex = index as i32;
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(Failed(format!(
+                "cannot bind the packet socket: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(fd)
+    }
+}
+
+/// Makes the veth pair and returns the packet socket on its outer end.
+fn make_nic(mac: &str) -> Result<OwnedFd, Failed> {
+    run_tool(
+        Command::new("ip").args([
+            "link", "add", OUTER_NIC, "type", "veth", "peer", "name", BOX_NIC,
+        ]),
+        "cannot make the box's NIC (ip link add … type veth)",
+    )?;
+    run_tool(
+        Command::new("ip").args(["link", "set", BOX_NIC, "address", mac]),
+        "cannot set the NIC's address",
+    )?;
+    tx_checksum_off(BOX_NIC)?;
+    run_tool(
+        Command::new("ip").args(["link", "set", OUTER_NIC, "up"]),
+        "cannot bring the NIC up",
+    )?;
+    packet_socket(OUTER_NIC)
+}
+
+fn crun(a: &StageArgs) -> Command {
+    let mut c = Command::new("crun");
+    c.arg("--root")
+        .arg(&a.crun_root)
+        .arg("--cgroup-manager=disabled");
+    c
+}
+
+/// Runs the stage; returns its exit code (the box init's).
+pub fn main(args_file: &Path) -> i32 {
+    // SAFETY: fd 0 is the socket to the supervisor, which owns nothing else here.
+    let sock = unsafe { OwnedFd::from_raw_fd(0) };
+    let sock = match rustix::io::dup(&sock) {
+        Ok(d) => {
+            // Nothing we start must inherit it as its standard input.
+            let _ = rustix::io::fcntl_setfd(&d, rustix::io::FdFlags::CLOEXEC);
+            drop(sock);
+            d
+        }
+        Err(_) => sock,
+    };
+    match run(args_file, sock.as_fd()) {
+        Ok(code) => code,
+        Err(Failed(why)) => {
+            eprintln!("vibebox stage: {why}");
+            tell(sock.as_fd(), &format!("failed {why}"), None);
+            1
+        }
+    }
+}
+
+fn run(args_file: &Path, sock: BorrowedFd<'_>) -> Result<i32, Failed> {
+    let text =
+        fs::read_to_string(args_file).map_err(failed("cannot read the stage's arguments"))?;
+    let a: StageArgs = serde_json::from_str(&text)
+        .map_err(|e| Failed(format!("the stage's arguments are not valid: {e}")))?;
+    check_paths(&a.checks)?;
+    // crun would look for cgroups v1 controllers it cannot use here.
+    let _ = rustix::mount::mount(
+        "none",
+        "/sys/fs/cgroup",
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    );
+    mount_root(&a)?;
+    match make_nic(&a.guest_mac) {
+        Ok(fd) => tell(sock, "nic", Some(fd.as_fd())),
+        Err(Failed(why)) => tell(sock, &format!("nonic {why}"), None),
+    }
+    let pid_file = a.crun_root.join("init.pid");
+    // The box's init keeps crun's standard output and error (the container
+    // log): crun's own messages go there too, and nothing waits for them to
+    // close.
+    let status = crun(&a)
+        .args(["create", "--preserve-fds", "1", "--bundle"])
+        .arg(&a.bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(CONTAINER_ID)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(failed("cannot run crun"))?;
+    if !status.success() {
+        return Err(Failed(format!("crun create failed ({status})")));
+    }
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| Failed("crun wrote no pid".into()))?;
+    if rustix::fs::access(
+        format!("/sys/class/net/{BOX_NIC}"),
+        rustix::fs::Access::EXISTS,
+    )
+    .is_ok()
+    {
+        run_tool(
+            Command::new("ip").args(["link", "set", BOX_NIC, "netns", &pid.to_string()]),
+            "cannot move the NIC into the box",
+        )?;
+    }
+    run_tool(crun(&a).args(["start", CONTAINER_ID]), "crun start failed")?;
+    tell(sock, "started", None);
+    // PID 1 of this namespace: the box's init was re-parented to us.
+    let code = loop {
+        match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+            Ok(Some((p, status))) if p.as_raw_nonzero().get() == pid => {
+                break status
+                    .exit_status()
+                    .or_else(|| status.terminating_signal().map(|s| 128 + s))
+                    .unwrap_or(1);
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break 1,
+        }
+    };
+    let _ = crun(&a)
+        .args(["delete", "--force", CONTAINER_ID])
+        .stdin(Stdio::null())
+        .status();
+    Ok(code)
+}

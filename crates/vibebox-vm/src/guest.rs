@@ -1,0 +1,171 @@
+//! The guest init's control channel, the same for every runtime: the host
+//! sends the guest its configuration (key, network, mounts, explain text) as
+//! lines, then waits for `ready <host key>`, which it pins. Lines from the
+//! guest are bounded: the init lives on a disk the box's root can rewrite.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vibebox_core::mounts::MountMode;
+use vibebox_core::runtime::NetworkEndpoint;
+
+use crate::ssh;
+
+/// The longest line read from the guest's control channel.
+pub const CONTROL_LINE_MAX: usize = 4096;
+
+/// Standard base64, for values handed to the guest's init on one line.
+pub fn b64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The configuration the host sends the guest's init: its authorized key,
+/// its network, the mounts it makes itself (`(tag, mode, guest path)`; none
+/// in a container, where the engine mounts them), the explain text.
+pub fn config_message(
+    pubkey: &str,
+    net: &NetworkEndpoint,
+    mounts: &[(String, MountMode, String)],
+    explain: &str,
+) -> String {
+    let mut msg = String::new();
+    let mut key = pubkey.split_whitespace();
+    msg.push_str(&format!(
+        "key {} {}\n",
+        key.next().unwrap_or_default(),
+        key.next().unwrap_or_default()
+    ));
+    msg.push_str(&format!(
+        "net {} {}/{} {gw} {gw}\n",
+        net.guest_mac,
+        net.guest_address,
+        net.prefix,
+        gw = net.gateway
+    ));
+    for (tag, mode, guest) in mounts {
+        let mode = if *mode == MountMode::ReadOnly {
+            "ro"
+        } else {
+            "rw"
+        };
+        msg.push_str(&format!("mount {tag} {mode} {}\n", b64(guest.as_bytes())));
+    }
+    msg.push_str(&format!("explain {}\n", b64(explain.as_bytes())));
+    msg.push_str("end\n");
+    msg
+}
+
+/// Why the guest did not report ready.
+#[derive(Debug)]
+pub enum NotReady<T> {
+    /// The machine ended (what `ended` said).
+    Ended(T),
+    /// Not within the time allowed.
+    Timeout,
+    /// The guest sent a line longer than [`CONTROL_LINE_MAX`].
+    TooLong,
+    /// The guest sent an invalid host key.
+    BadKey,
+    /// The host key could not be pinned, or the channel failed.
+    Failed(String),
+}
+
+/// Waits for `ready <host key>` on `control` and pins the key in `ssh_dir`.
+/// `ended` is asked between reads whether the machine has ended.
+pub fn await_ready<T>(
+    control: &UnixStream,
+    ssh_dir: &Path,
+    timeout: Duration,
+    mut ended: impl FnMut() -> Option<T>,
+) -> Result<(), NotReady<T>> {
+    let io =
+        |e: std::io::Error| NotReady::Failed(format!("the guest's control channel failed: {e}"));
+    control
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(io)?;
+    let mut reader = BufReader::new(control.try_clone().map_err(io)?);
+    let start = Instant::now();
+    let mut line = String::new();
+    loop {
+        if let Some(how) = ended() {
+            return Err(NotReady::Ended(how));
+        }
+        if start.elapsed() > timeout {
+            return Err(NotReady::Timeout);
+        }
+        let room = (CONTROL_LINE_MAX + 1).saturating_sub(line.len()) as u64;
+        let read = std::io::Read::take(&mut reader, room).read_line(&mut line);
+        if line.len() > CONTROL_LINE_MAX {
+            return Err(NotReady::TooLong);
+        }
+        match read {
+            Ok(0) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(_) if !line.ends_with('\n') => {}
+            Ok(_) => {
+                if let Some(rest) = line.trim().strip_prefix("ready ") {
+                    let (kind, blob) = ssh::parse_host_key(rest).ok_or(NotReady::BadKey)?;
+                    ssh::pin_host_key(ssh_dir, &kind, &blob)
+                        .map_err(|e| NotReady::Failed(e.to_string()))?;
+                    break;
+                }
+                line.clear();
+            }
+            Err(_) => {}
+        }
+    }
+    control.set_read_timeout(None).map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(b64(b""), "");
+        assert_eq!(b64(b"f"), "Zg==");
+        assert_eq!(b64(b"fo"), "Zm8=");
+        assert_eq!(b64(b"foo"), "Zm9v");
+        assert_eq!(
+            b64("/home/vibecoder/ü".as_bytes()),
+            "L2hvbWUvdmliZWNvZGVyL8O8"
+        );
+    }
+
+    #[test]
+    fn a_flood_without_newline_is_refused_and_a_dead_machine_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = b.write_all(&vec![b'x'; CONTROL_LINE_MAX * 4]);
+            b
+        });
+        let r = await_ready(&a, dir.path(), Duration::from_secs(10), || None::<()>);
+        assert!(matches!(r, Err(NotReady::TooLong)), "{r:?}");
+        drop(writer.join());
+        let (a, _b) = UnixStream::pair().unwrap();
+        let r = await_ready(&a, dir.path(), Duration::from_secs(10), || Some("gone"));
+        assert!(matches!(r, Err(NotReady::Ended("gone"))), "{r:?}");
+    }
+}
