@@ -15,7 +15,7 @@ pub struct Cli {
     pub command: Option<Command>,
     /// The runtime for a box this command starts: auto, vm or container
     /// (overrides `[box] runtime` in vibebox.toml).
-    #[arg(long, global = true, value_parser = parse_runtime)]
+    #[arg(long, global = true, env = "VIBEBOX_RUNTIME", value_parser = parse_runtime)]
     pub runtime: Option<vibebox_core::config::RuntimeChoice>,
 }
 

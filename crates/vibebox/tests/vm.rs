@@ -9,7 +9,24 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::vm::{self, eventually, processes_mentioning};
+use common::vm::{self, eventually, processes_mentioning, Rt};
+
+/// Runs an end-to-end test against both runtimes: `NAME::vm` boots the QEMU
+/// guest, `NAME::container` runs the box with crun.
+macro_rules! both_runtimes {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn vm() {
+                super::$name(super::Rt::Vm)
+            }
+            #[test]
+            fn container() {
+                super::$name(super::Rt::Container)
+            }
+        }
+    };
+}
 use common::World;
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
@@ -56,13 +73,12 @@ fn session_state(w: &World, dir: &std::path::Path) -> (String, u64) {
 
 /// The whole life of a session: create, run commands, share with a second
 /// client, shut down after the grace period, restart on the same disk, delete.
-#[test]
-fn session_lifecycle_in_a_real_vm() {
+fn session_lifecycle(rt: Rt) {
     let _serial = lock();
-    if !vm::available() {
+    if !vm::available_for(rt) {
         return;
     }
-    let w = World::with_image();
+    let w = World::with_image_for(rt);
     let dir = w.project("app");
     write_config(&dir, "", 8000);
     fs::write(dir.join("from-host.txt"), "hello from the host\n").unwrap();
@@ -85,10 +101,11 @@ fn session_lifecycle_in_a_real_vm() {
         .find(|l| l.starts_with("vibebox: starting session"))
         .map(str::to_string)
         .unwrap_or_default();
-    assert!(
-        first.contains("in a virtual machine with its own kernel (QEMU"),
-        "{first:?}"
-    );
+    let expected = match rt {
+        Rt::Vm => "in a virtual machine with its own kernel (QEMU",
+        Rt::Container => "in a container that shares the host's kernel (crun",
+    };
+    assert!(first.contains(expected), "{first:?}");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         &lines[..4],
@@ -111,7 +128,16 @@ fn session_lifecycle_in_a_real_vm() {
         .args(["exec", "--", "sh", "-c", "exit 7"])
         .assert()
         .code(7);
-    // cpu_count and ram_mb apply.
+    // cpu_count and ram_mb apply in the VM; the container says it cannot
+    // apply them (cgroups v1 only here, or v2 not delegated).
+    if rt == Rt::Container {
+        let out = w.vm(&dir).arg("explain").output().unwrap();
+        let text = stdout(&out);
+        assert!(
+            text.contains("cpu_count and ram_mb are not applied"),
+            "{text}"
+        );
+    }
     let out = w
         .vm(&dir)
         .args([
@@ -125,12 +151,15 @@ fn session_lifecycle_in_a_real_vm() {
         .unwrap();
     let text = stdout(&out);
     let mut it = text.lines();
-    assert_eq!(it.next(), Some("2"), "{text}");
+    let cpus = it.next();
     let mem: u64 = it.next().unwrap_or("0").parse().unwrap_or(0);
-    assert!(
-        (800..=1024).contains(&mem),
-        "guest memory {mem} MiB for ram_mb = 1024"
-    );
+    if rt == Rt::Vm {
+        assert_eq!(cpus, Some("2"), "{text}");
+        assert!(
+            (800..=1024).contains(&mem),
+            "guest memory {mem} MiB for ram_mb = 1024"
+        );
+    }
     // The key pair is private to the user; the host key is pinned, never blindly trusted.
     let key = dir.join(".vibebox/ssh/id_ed25519");
     assert_eq!(fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
@@ -194,13 +223,22 @@ fn session_lifecycle_in_a_real_vm() {
     }
     // After the last client, the machine stops once the grace period is over
     // (suspended: `on_idle` defaults to suspend).
+    // The container runtime cannot suspend: it powers off.
+    let at_rest = match rt {
+        Rt::Vm => "suspended",
+        Rt::Container => "stopped",
+    };
     assert!(
         eventually(Duration::from_secs(90), || session_state(&w, &dir).0
-            == "suspended"),
+            == at_rest),
         "{:?}",
         session_state(&w, &dir)
     );
-    assert!(dir.join(".vibebox/disk.qcow2").is_file(), "the disk stays");
+    let disk = match rt {
+        Rt::Vm => dir.join(".vibebox/disk.qcow2"),
+        Rt::Container => dir.join(".vibebox/container/upper/var/tmp"),
+    };
+    assert!(disk.exists(), "the disk stays: {}", disk.display());
 
     // The next start reuses the disk.
     let out = w
@@ -225,15 +263,16 @@ fn session_lifecycle_in_a_real_vm() {
     assert!(w.sessions().is_empty());
 }
 
+both_runtimes!(session_lifecycle);
+
 /// Mounts are enforced on the host: read-only stays read-only for guest root,
 /// `.vibebox/` is invisible, and links cannot reach outside the shares.
-#[test]
-fn mounts_cannot_be_escaped_from_guest_root() {
+fn mounts_cannot_be_escaped_from_guest_root(rt: Rt) {
     let _serial = lock();
-    if !vm::available() {
+    if !vm::available_for(rt) {
         return;
     }
-    let w = World::with_image();
+    let w = World::with_image_for(rt);
     let dir = w.project("proj");
     let ro = w.root().join("readonly-data");
     fs::create_dir_all(&ro).unwrap();
@@ -250,6 +289,8 @@ fn mounts_cannot_be_escaped_from_guest_root() {
         sudo mount -o remount,rw /data 2>/dev/null
         sudo sh -c 'echo changed > /data/file.txt' 2>/dev/null && echo RO-WRITE-SUCCEEDED
         sudo touch /data/new 2>/dev/null && echo RO-CREATE-SUCCEEDED
+        sudo unshare -m sh -c 'umount /data; mount -o remount,rw /data; echo changed > /data/file.txt' 2>/dev/null && echo NS-WRITE-SUCCEEDED
+        unshare -Urm sh -c 'umount /data; echo changed > /data/file.txt' 2>/dev/null && echo USERNS-WRITE-SUCCEEDED
         ls -A .vibebox 2>/dev/null | grep -q . && echo VIBEBOX-VISIBLE
         sudo cat .vibebox/ssh/id_ed25519 2>/dev/null && echo KEY-READABLE
         sudo umount .vibebox 2>/dev/null; sudo ls -A .vibebox 2>/dev/null | grep -q . && echo VIBEBOX-AFTER-UMOUNT
@@ -261,6 +302,8 @@ fn mounts_cannot_be_escaped_from_guest_root() {
     for bad in [
         "RO-WRITE-SUCCEEDED",
         "RO-CREATE-SUCCEEDED",
+        "NS-WRITE-SUCCEEDED",
+        "USERNS-WRITE-SUCCEEDED",
         "VIBEBOX-VISIBLE",
         "KEY-READABLE",
         "VIBEBOX-AFTER-UMOUNT",
@@ -276,15 +319,16 @@ fn mounts_cannot_be_escaped_from_guest_root() {
     w.vm(&dir).arg("stop").assert().success();
 }
 
+both_runtimes!(mounts_cannot_be_escaped_from_guest_root);
+
 /// A supervisor killed with SIGKILL leaves no QEMU or virtiofsd behind, and the
 /// next `vibebox` recovers.
-#[test]
-fn killed_supervisor_leaves_nothing_behind() {
+fn killed_supervisor_leaves_nothing_behind(rt: Rt) {
     let _serial = lock();
-    if !vm::available() {
+    if !vm::available_for(rt) {
         return;
     }
-    let w = World::with_image();
+    let w = World::with_image_for(rt);
     let dir = w.project("crashy");
     write_config(&dir, "", 60_000);
     w.vm(&dir).args(["exec", "--", "true"]).assert().success();
@@ -325,16 +369,17 @@ fn killed_supervisor_leaves_nothing_behind() {
     w.vm(&dir).arg("stop").assert().success();
 }
 
+both_runtimes!(killed_supervisor_leaves_nothing_behind);
+
 /// `vibebox` opens a login shell in the project directory (a real PTY when the
 /// host has a terminal), with the `:` commands; `:new` from inside the box
 /// deletes nothing without a confirmation at the host terminal.
-#[test]
-fn shell_and_box_commands() {
+fn shell_and_box_commands(rt: Rt) {
     let _serial = lock();
-    if !vm::available() {
+    if !vm::available_for(rt) {
         return;
     }
-    let w = World::with_image();
+    let w = World::with_image_for(rt);
     let dir = w.project("shelly");
     write_config(&dir, "", 1000);
     // Without a host terminal the shell reads its commands from stdin.
@@ -398,6 +443,8 @@ fn shell_and_box_commands() {
     w.vm(&dir).arg("stop").assert().success();
 }
 
+both_runtimes!(shell_and_box_commands);
+
 /// A stand-in internet server on 127.0.0.1 that records what reaches it.
 fn recording_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{Read, Write};
@@ -430,10 +477,9 @@ fn recording_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 
 /// Egress follows the policy, enforced on the host: allowed names work for
 /// programs that ignore proxies; every escape attempt fails and is logged.
-#[test]
-fn network_policy_is_enforced_on_the_host() {
+fn network_policy_is_enforced_on_the_host(rt: Rt) {
     let _serial = lock();
-    if !vm::available() {
+    if !vm::available_for(rt) {
         return;
     }
     let (port, seen) = recording_server();
@@ -456,7 +502,7 @@ fn network_policy_is_enforced_on_the_host() {
             }
         }
     });
-    let w = World::with_image();
+    let w = World::with_image_for(rt);
     let dir = w.project("net");
     // A TLS stand-in server for the allowed name (self-signed, on loopback).
     let tls_dir = w.root().join("tls");
@@ -747,16 +793,17 @@ except Exception:
     w.vm(&dir).arg("stop").assert().success();
 }
 
+both_runtimes!(network_policy_is_enforced_on_the_host);
+
 /// Guest root against the files the host runs or trusts: git hooks and
 /// config, `vibebox.toml`, the agents' settings. All hold; the agent's own
 /// state and `git commit` in the box keep working.
-#[test]
-fn protected_paths_hold_against_guest_root() {
+fn protected_paths_hold_against_guest_root(rt: Rt) {
     let _serial = lock();
-    if !vm::available() {
+    if !vm::available_for(rt) {
         return;
     }
-    let w = World::with_image();
+    let w = World::with_image_for(rt);
     let dir = w.project("proj");
     let git = |args: &[&str]| {
         let o = Command::new("git")
@@ -861,15 +908,16 @@ fn protected_paths_hold_against_guest_root() {
     w.vm(&dir).arg("stop").assert().success();
 }
 
+both_runtimes!(protected_paths_hold_against_guest_root);
+
 /// 20 clients starting one stopped session at once, then 50 on the running
 /// box: every one succeeds (one shared SSH connection, not 50 handshakes).
-#[test]
-fn many_clients_at_once_all_succeed() {
+fn many_clients_at_once_all_succeed(rt: Rt) {
     let _serial = lock();
-    if !vm::available() {
+    if !vm::available_for(rt) {
         return;
     }
-    let w = World::with_image();
+    let w = World::with_image_for(rt);
     let dir = w.project("crowd");
     write_config(&dir, "", 30_000);
     let exe = assert_cmd::cargo::cargo_bin("vibebox");
@@ -917,6 +965,8 @@ fn many_clients_at_once_all_succeed() {
     );
     w.vm(&dir).arg("stop").assert().success();
 }
+
+both_runtimes!(many_clients_at_once_all_succeed);
 
 /// A repository that ships `.vibebox/disk.qcow2` whose header names an
 /// external data file (a host file QEMU would write) is refused.
@@ -966,13 +1016,12 @@ fn a_shipped_disk_naming_an_external_data_file_is_refused() {
 /// The guest's root rewrites its own init (the instance disk is the box's):
 /// on the next boot it floods the control port with an endless line. The
 /// supervisor reads at most a bounded line and refuses the boot.
-#[test]
-fn a_guest_that_floods_its_control_port_is_refused() {
+fn a_guest_that_floods_its_control_port_is_refused(rt: Rt) {
     let _serial = lock();
-    if !vm::available() {
+    if !vm::available_for(rt) {
         return;
     }
-    let w = World::with_image();
+    let w = World::with_image_for(rt);
     let dir = w.project("flood");
     write_config(&dir, "", 1000);
     // Right where the init would report ready, it sends 1 MiB without a newline.
@@ -994,6 +1043,8 @@ fn a_guest_that_floods_its_control_port_is_refused() {
         processes_mentioning(&dir.display().to_string()).is_empty()
     }));
 }
+
+both_runtimes!(a_guest_that_floods_its_control_port_is_refused);
 
 /// `vibebox stop` suspends: the next start resumes the box with its processes
 /// running and the files they hold open — even one the host deleted in the
@@ -1230,4 +1281,74 @@ fn snapshots_bring_back_disk_and_processes() {
         .assert()
         .code(1);
     w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+}
+
+/// The container's upper layer lives in `.vibebox/container/`, which a
+/// repository could ship: one that is a symlink (to make the box write into
+/// the host's home) is refused before anything starts, and nothing is written
+/// where it points.
+#[test]
+fn a_shipped_container_layer_that_is_a_symlink_is_refused() {
+    let _serial = lock();
+    if !vm::available_for(Rt::Container) {
+        return;
+    }
+    let w = World::with_image_for(Rt::Container);
+    let dir = w.project("shipped");
+    write_config(&dir, "", 1000);
+    let target = w.root().join("host-dir");
+    fs::create_dir_all(&target).unwrap();
+    fs::create_dir_all(dir.join(".vibebox/container")).unwrap();
+    std::os::unix::fs::symlink(&target, dir.join(".vibebox/container/upper")).unwrap();
+    let out = w.vm(&dir).args(["exec", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a symlink"), "{err}");
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "nothing written");
+}
+
+/// In the container the box's root has no CAP_SYS_ADMIN and a seccomp
+/// profile: no mounts, no new namespaces, no kernel keyrings or BPF, and
+/// its processes are the box's only (its own pid namespace).
+#[test]
+fn the_container_box_root_is_confined() {
+    let _serial = lock();
+    if !vm::available_for(Rt::Container) {
+        return;
+    }
+    let w = World::with_image_for(Rt::Container);
+    let dir = w.project("confined");
+    write_config(&dir, "", 1000);
+    let script = r#"
+        sudo mount -t tmpfs none /mnt 2>/dev/null && echo MOUNTED
+        sudo unshare -U true 2>/dev/null && echo USERNS
+        sudo unshare -n true 2>/dev/null && echo NETNS
+        sudo python3 -c 'import ctypes; l=ctypes.CDLL(None); l.syscall.restype=ctypes.c_long; print("KEYCTL", l.syscall(250, 0, 0, 0, 0, 0))' 2>/dev/null
+        sudo python3 -c 'import ctypes; l=ctypes.CDLL(None); print("BPF", l.syscall(321, 0, 0, 0))' 2>/dev/null
+        grep CapEff /proc/self/status
+        sudo grep CapBnd /proc/self/status
+        ps -e -o comm= | sort -u | tr '\n' ' '; echo
+        sudo cat /proc/1/cmdline | tr '\0' ' '; echo
+        echo done
+    "#;
+    let text = run_script(&w, &dir, script);
+    for bad in ["MOUNTED", "USERNS", "NETNS"] {
+        assert!(!text.lines().any(|l| l == bad), "{bad} in:\n{text}");
+    }
+    assert!(text.contains("KEYCTL -1"), "{text}");
+    assert!(text.contains("BPF -1"), "{text}");
+    // CAP_SYS_ADMIN is bit 21: never in the bounding set.
+    let bnd = text
+        .lines()
+        .find(|l| l.starts_with("CapBnd:"))
+        .and_then(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        .unwrap();
+    assert_eq!(bnd & (1 << 21), 0, "{text}");
+    // No host process is visible: the box's init is PID 1.
+    assert!(text.contains("/sbin/vibebox-init"), "{text}");
+    assert!(
+        !text.contains("cargo") && !text.contains("supervise"),
+        "{text}"
+    );
+    w.vm(&dir).arg("stop").assert().success();
 }

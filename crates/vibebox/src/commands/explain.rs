@@ -107,6 +107,16 @@ pub fn render(x: &Explanation) -> String {
         x.runtime.requested,
         x.runtime.reason
     ));
+    if x.runtime.selected.as_deref() == Some("container") {
+        let why = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            "not built yet for cgroups v2"
+        } else {
+            "this host has only cgroups v1, which is not delegated to users"
+        };
+        line(format!(
+            "          the box shares the host's kernel; cpu_count and ram_mb are not applied ({why}); it cannot suspend yet, so an idle box powers off"
+        ));
+    }
     line(format!(
         "Image     {} at {}{}",
         x.image.name,

@@ -13,6 +13,8 @@ use assert_cmd::Command;
 /// One isolated world: its own VIBEBOX_HOME, HOME and projects.
 pub struct World {
     root: tempfile::TempDir,
+    /// The runtime a VM/container test starts boxes with (`VIBEBOX_RUNTIME`).
+    pub runtime: Option<&'static str>,
 }
 
 impl World {
@@ -20,7 +22,10 @@ impl World {
         let root = tempfile::tempdir().expect("temp dir");
         fs::create_dir_all(root.path().join("home")).unwrap();
         fs::create_dir_all(root.path().join("vibebox-home")).unwrap();
-        World { root }
+        World {
+            root,
+            runtime: None,
+        }
     }
 
     pub fn root(&self) -> &Path {

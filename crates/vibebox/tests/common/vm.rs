@@ -64,6 +64,74 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
+/// The runtime an end-to-end test runs boxes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rt {
+    /// The QEMU micro-VM.
+    Vm,
+    /// crun in a user namespace.
+    Container,
+}
+
+impl Rt {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rt::Vm => "vm",
+            Rt::Container => "container",
+        }
+    }
+}
+
+fn missing_for_container() -> Option<String> {
+    for p in ["crun", "unshare", "newuidmap", "ip", "ssh", "ssh-keygen"] {
+        if !on_path(p) {
+            return Some(format!("{p} is not installed"));
+        }
+    }
+    let uid = rustix::process::getuid().as_raw();
+    vibebox_core_subids_missing(uid)
+}
+
+/// Whether the user has subordinate ids (read like vibebox does, without
+/// depending on its crates: /etc/subuid by name or number).
+fn vibebox_core_subids_missing(uid: u32) -> Option<String> {
+    let name = fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_default();
+    let text = fs::read_to_string("/etc/subuid").unwrap_or_default();
+    let ok = text.lines().any(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        f.len() == 3 && (f[0] == name || f[0] == uid.to_string())
+    });
+    (!ok).then(|| format!("{name} has no subordinate ids in /etc/subuid (scripts/install-deps)"))
+}
+
+/// Whether end-to-end tests of `rt` can run here; panics under CI when they
+/// cannot.
+pub fn available_for(rt: Rt) -> bool {
+    let missing = match rt {
+        Rt::Vm => missing_prerequisite(),
+        Rt::Container => missing_for_container(),
+    };
+    match missing {
+        None => true,
+        Some(why) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("{} test prerequisites missing under CI: {why}", rt.name());
+            }
+            eprintln!("skipping {} test: {why}", rt.name());
+            false
+        }
+    }
+}
+
 /// Whether VM tests can run here; panics under CI when they cannot.
 pub fn available() -> bool {
     match missing_prerequisite() {
@@ -112,9 +180,17 @@ pub fn shared_images() -> PathBuf {
 }
 
 impl World {
-    /// A world whose VIBEBOX_HOME shares the cached base image.
+    /// A world whose VIBEBOX_HOME shares the cached base image; its boxes run
+    /// in the VM.
     pub fn with_image() -> World {
-        let w = World::new();
+        World::with_image_for(Rt::Vm)
+    }
+
+    /// A world whose VIBEBOX_HOME shares the cached base image; its boxes run
+    /// with `rt`.
+    pub fn with_image_for(rt: Rt) -> World {
+        let mut w = World::new();
+        w.runtime = Some(rt.name());
         std::os::unix::fs::symlink(shared_images(), w.vibebox_home().join("images"))
             .expect("link images");
         w
@@ -125,6 +201,9 @@ impl World {
         let mut c = self.vibebox(dir);
         c.env("PATH", test_path())
             .timeout(std::time::Duration::from_secs(600));
+        if let Some(rt) = self.runtime {
+            c.env("VIBEBOX_RUNTIME", rt);
+        }
         c
     }
 
