@@ -289,8 +289,12 @@ fn mounts_cannot_be_escaped_from_guest_root(rt: Rt) {
         sudo mount -o remount,rw /data 2>/dev/null
         sudo sh -c 'echo changed > /data/file.txt' 2>/dev/null && echo RO-WRITE-SUCCEEDED
         sudo touch /data/new 2>/dev/null && echo RO-CREATE-SUCCEEDED
-        sudo unshare -m sh -c 'umount /data; mount -o remount,rw /data; echo changed > /data/file.txt' 2>/dev/null && echo NS-WRITE-SUCCEEDED
-        unshare -Urm sh -c 'umount /data; echo changed > /data/file.txt' 2>/dev/null && echo USERNS-WRITE-SUCCEEDED
+        # In a mount namespace of its own (the VM's root may make one; the
+        # container's may not): a write there must still not reach the host
+        # file (checked below; after an umount it may land in the box's own
+        # /data directory, which is harmless).
+        sudo unshare -m sh -c 'umount /data; mount -o remount,rw /data; echo changed > /data/file.txt' 2>/dev/null
+        unshare -Urm sh -c 'umount /data; echo changed > /data/file.txt' 2>/dev/null
         ls -A .vibebox 2>/dev/null | grep -q . && echo VIBEBOX-VISIBLE
         sudo cat .vibebox/ssh/id_ed25519 2>/dev/null && echo KEY-READABLE
         sudo umount .vibebox 2>/dev/null; sudo ls -A .vibebox 2>/dev/null | grep -q . && echo VIBEBOX-AFTER-UMOUNT
@@ -302,8 +306,6 @@ fn mounts_cannot_be_escaped_from_guest_root(rt: Rt) {
     for bad in [
         "RO-WRITE-SUCCEEDED",
         "RO-CREATE-SUCCEEDED",
-        "NS-WRITE-SUCCEEDED",
-        "USERNS-WRITE-SUCCEEDED",
         "VIBEBOX-VISIBLE",
         "KEY-READABLE",
         "VIBEBOX-AFTER-UMOUNT",
