@@ -206,15 +206,17 @@ impl Runtime for ContainerRuntime {
         .map_err(|e| fail(format!("cannot make a socket pair: {e}")))?;
         let (ctl_ours, ctl_theirs) =
             UnixStream::pair().map_err(|e| fail(format!("cannot make a socket pair: {e}")))?;
+        // What the stage, crun and the box's init write goes through a pipe
+        // into a capped log: crun hands its output fds to the box (and makes
+        // them the box root's), so they must not be the log file itself.
         let log_path = project.logs_dir().join("container.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
-        let log2 = log
+        let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| fail(format!("cannot make a pipe: {e}")))?;
+        vibebox_vm::runtime::capped_copy(move || Some(fs::File::from(out_read)), &log_path)?;
+        let log2 = out_write
             .try_clone()
-            .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
+            .map_err(|e| fail(format!("cannot make a pipe: {e}")))?;
+        let log = out_write;
         let mut cmd = Command::new("unshare");
         cmd.args(ids.unshare_args())
             .args([

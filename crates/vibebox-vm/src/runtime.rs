@@ -290,10 +290,19 @@ fn tsc_khz() -> Option<u64> {
 /// [`CONSOLE_LOG_MAX`] with one rotation. The log is opened without following
 /// symlinks.
 pub fn start_console_log(socket: &Path, log: &Path) -> Result<(), RuntimeError> {
-    use std::io::Read;
     let _ = fs::remove_file(socket);
     let listener = UnixListener::bind(socket)
         .map_err(|e| fail(format!("cannot listen on {}: {e}", socket.display())))?;
+    capped_copy(move || listener.accept().ok().map(|(s, _)| s), log)
+}
+
+/// Copies what the machine writes (from the reader `source` gives, in a
+/// thread) to `log`, truncated first, rotated at [`CONSOLE_LOG_MAX`] with one
+/// older file kept, opened without following a symlink.
+pub fn capped_copy<R: std::io::Read + 'static>(
+    source: impl FnOnce() -> Option<R> + Send + 'static,
+    log: &Path,
+) -> Result<(), RuntimeError> {
     let log = log.to_path_buf();
     let open = |path: &Path| {
         use std::os::unix::fs::OpenOptionsExt;
@@ -306,7 +315,7 @@ pub fn start_console_log(socket: &Path, log: &Path) -> Result<(), RuntimeError> 
     };
     let mut file = open(&log).map_err(|e| fail(format!("cannot open {}: {e}", log.display())))?;
     std::thread::spawn(move || {
-        let Ok((mut stream, _)) = listener.accept() else {
+        let Some(mut stream) = source() else {
             return;
         };
         let mut written = 0u64;

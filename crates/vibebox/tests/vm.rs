@@ -239,6 +239,11 @@ fn session_lifecycle(rt: Rt) {
         Rt::Container => dir.join(".vibebox/container/upper/var/tmp"),
     };
     assert!(disk.exists(), "the disk stays: {}", disk.display());
+    if rt == Rt::Container {
+        // crun makes its output fds the box root's: the log is never one of them.
+        let log = fs::metadata(dir.join(".vibebox/logs/container.log")).unwrap();
+        assert_eq!(log.uid(), me, "the container log stays the user's");
+    }
 
     // The next start reuses the disk.
     let out = w
