@@ -142,7 +142,7 @@ fn mount_root(a: &StageArgs) -> Result<(), Failed> {
         }
     }
     // The root of the box belongs to the box's root (box id 0 is id 1 here).
-    rustix::fs::chown(&upper, Some(unsafe_uid(1)), Some(unsafe_gid(1)))
+    rustix::fs::chown(&upper, Some(outer_uid(1)), Some(outer_gid(1)))
         .map_err(errno("cannot give the upper layer to the box's root"))?;
     let l = a.overlay_dir.join("l");
     let c = a.overlay_dir.join("c");
@@ -168,11 +168,13 @@ fn mount_root(a: &StageArgs) -> Result<(), Failed> {
     .map_err(errno("cannot mount the box's root (overlayfs)"))
 }
 
-fn unsafe_uid(id: u32) -> rustix::fs::Uid {
+/// An id of the stage's user namespace as a uid.
+fn outer_uid(id: u32) -> rustix::fs::Uid {
     rustix::fs::Uid::from_raw(id)
 }
 
-fn unsafe_gid(id: u32) -> rustix::fs::Gid {
+/// An id of the stage's user namespace as a gid.
+fn outer_gid(id: u32) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(id)
 }
 
