@@ -23,8 +23,9 @@ use vibebox_core::runtime::{
     Availability, Machine, Runtime, RuntimeError, StartEvents, StartRequest,
 };
 use vibebox_core::subids::SubIds;
-use vibebox_vm::guest::{self, NotReady, CONTROL_LINE_MAX};
+use vibebox_vm::guest::{self, NotReady};
 use vibebox_vm::process::Tied;
+use vibebox_vm::runtime::on_path;
 use vibebox_vm::ssh;
 
 use crate::bundle::{self, BundleSpec};
@@ -46,11 +47,6 @@ fn fail(msg: impl Into<String>) -> RuntimeError {
 #[derive(Debug, Clone)]
 pub struct ContainerRuntime {
     exe: PathBuf,
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// crun's version line, e.g. `crun version 1.8.1`.
@@ -290,19 +286,13 @@ impl Runtime for ContainerRuntime {
                     log_tail()
                 )))
             }
-            Err(NotReady::Timeout) => {
-                return Err(fail(format!(
-                    "the box did not become ready within {} s; see .vibebox/logs/container.log",
-                    READY_TIMEOUT.as_secs()
-                )))
+            Err(other) => {
+                return Err(fail(
+                    other
+                        .message("the box", READY_TIMEOUT, ".vibebox/logs/container.log")
+                        .unwrap_or_default(),
+                ))
             }
-            Err(NotReady::TooLong) => {
-                return Err(fail(format!(
-                    "the box sent a control line longer than {CONTROL_LINE_MAX} bytes"
-                )))
-            }
-            Err(NotReady::BadKey) => return Err(fail("the box sent an invalid host key")),
-            Err(NotReady::Failed(e)) => return Err(fail(e)),
         }
         events.log(&format!(
             "box ready {:.2} s after its init started",
@@ -333,27 +323,18 @@ fn wait_for_stage(
             ));
         }
         let mut buf = [0u8; 4096];
-        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut anc = rustix::net::RecvAncillaryBuffer::new(&mut space);
-        let got = rustix::net::recvmsg(
-            sock,
-            &mut [std::io::IoSliceMut::new(&mut buf)],
-            &mut anc,
-            rustix::net::RecvFlags::CMSG_CLOEXEC,
-        );
-        let n = match got {
-            Ok(r) if r.bytes == 0 => return Err("the container's stage closed its channel".into()),
-            Ok(r) => r.bytes,
-            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
+        let (n, fd) = match vibebox_core::fdpass::recv(sock, &mut buf) {
+            Ok((0, _)) => return Err("the container's stage closed its channel".into()),
+            Ok(got) => got,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted =>
+            {
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
             Err(e) => return Err(format!("the container's stage channel failed: {e}")),
         };
-        let fd: Option<OwnedFd> = anc.drain().find_map(|m| match m {
-            rustix::net::RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
-            _ => None,
-        });
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         let (word, rest) = msg.split_once(' ').unwrap_or((msg.as_str(), ""));
         match (word, fd) {
@@ -377,17 +358,7 @@ fn wait_for_stage(
 /// Sends the NIC's packet socket to the engine (`SCM_RIGHTS`).
 fn hand_to_engine(socket: &Path, fd: OwnedFd) -> std::io::Result<()> {
     let stream = UnixStream::connect(socket)?;
-    let fds = [fd.as_fd()];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut anc = rustix::net::SendAncillaryBuffer::new(&mut space);
-    anc.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
-    rustix::net::sendmsg(
-        &stream,
-        &[std::io::IoSlice::new(b"nic")],
-        &mut anc,
-        rustix::net::SendFlags::empty(),
-    )?;
-    Ok(())
+    vibebox_core::fdpass::send(&stream, b"nic", Some(fd.as_fd()))
 }
 
 /// A running container.

@@ -68,18 +68,7 @@ fn errno(what: &str) -> impl Fn(rustix::io::Errno) -> Failed + '_ {
 
 /// Sends one message (and an fd) to the supervisor.
 fn tell(sock: BorrowedFd<'_>, msg: &str, fd: Option<BorrowedFd<'_>>) {
-    let fds = fd.map(|f| [f]);
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut anc = rustix::net::SendAncillaryBuffer::new(&mut space);
-    if let Some(fds) = &fds {
-        anc.push(rustix::net::SendAncillaryMessage::ScmRights(fds));
-    }
-    let _ = rustix::net::sendmsg(
-        sock,
-        &[std::io::IoSlice::new(msg.as_bytes())],
-        &mut anc,
-        rustix::net::SendFlags::empty(),
-    );
+    let _ = vibebox_core::fdpass::send(sock, msg.as_bytes(), fd);
 }
 
 fn run_tool(cmd: &mut Command, what: &str) -> Result<(), Failed> {

@@ -20,6 +20,7 @@
 pub mod config;
 pub mod diagnostic;
 pub mod explain;
+pub mod fdpass;
 pub mod home;
 pub mod image;
 pub mod index;

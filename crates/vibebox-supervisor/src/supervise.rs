@@ -119,7 +119,7 @@ fn start_engine(
     std::thread::spawn(move || {
         for stream in frames.incoming() {
             let Ok(stream) = stream else { break };
-            let Some(fd) = receive_fd(&stream) else {
+            let Ok((_, Some(fd))) = vibebox_core::fdpass::recv(&stream, &mut [0u8; 16]) else {
                 continue;
             };
             let Ok(link) = vibebox_net::link::PacketLink::new(fd) else {
@@ -130,25 +130,6 @@ fn start_engine(
         }
     });
     Ok(())
-}
-
-/// The one fd sent on `stream` (`SCM_RIGHTS`), if any.
-fn receive_fd(stream: &std::os::unix::net::UnixStream) -> Option<std::os::fd::OwnedFd> {
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut anc = rustix::net::RecvAncillaryBuffer::new(&mut space);
-    let mut buf = [0u8; 16];
-    rustix::net::recvmsg(
-        stream,
-        &mut [std::io::IoSliceMut::new(&mut buf)],
-        &mut anc,
-        rustix::net::RecvFlags::CMSG_CLOEXEC,
-    )
-    .ok()?;
-    let fd = anc.drain().find_map(|m| match m {
-        rustix::net::RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
-        _ => None,
-    });
-    fd
 }
 
 /// How long the shared SSH connection may take to open (key exchange runs

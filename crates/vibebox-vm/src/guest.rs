@@ -89,6 +89,26 @@ pub enum NotReady<T> {
     Failed(String),
 }
 
+impl<T> NotReady<T> {
+    /// What went wrong, for a person (`None` for [`NotReady::Ended`], which
+    /// each runtime tells in its own words); `who` is "the guest" or "the
+    /// box", `log` the log that says more.
+    pub fn message(&self, who: &str, timeout: Duration, log: &str) -> Option<String> {
+        Some(match self {
+            NotReady::Ended(_) => return None,
+            NotReady::Timeout => format!(
+                "{who} did not become ready within {} s; see {log}",
+                timeout.as_secs()
+            ),
+            NotReady::TooLong => {
+                format!("{who} sent a control line longer than {CONTROL_LINE_MAX} bytes; see {log}")
+            }
+            NotReady::BadKey => format!("{who} sent an invalid host key"),
+            NotReady::Failed(e) => e.clone(),
+        })
+    }
+}
+
 /// Waits for `ready <host key>` on `control` and pins the key in `ssh_dir`.
 /// `ended` is asked between reads whether the machine has ended.
 pub fn await_ready<T>(

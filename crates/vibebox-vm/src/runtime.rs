@@ -91,7 +91,8 @@ pub fn cached_verdict(vibebox_home: &Path, probe_exe: &Path) -> KvmVerdict {
     v
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether `program` is on PATH.
+pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false)
@@ -986,23 +987,16 @@ fn start_machine(
             }
             return Err(fail(msg).into());
         }
-        Err(NotReady::Timeout) => {
-            Box::new(running).shutdown(events);
-            return Err(fail(format!(
-                "the guest did not become ready within {} s; see .vibebox/logs/console.log",
-                BOOT_TIMEOUT.as_secs()
-            ))
-            .into());
+        Err(other) => {
+            let msg = other
+                .message("the guest", BOOT_TIMEOUT, ".vibebox/logs/console.log")
+                .unwrap_or_default();
+            // A guest that is still running is powered off first.
+            if matches!(other, NotReady::Timeout | NotReady::TooLong) {
+                Box::new(running).shutdown(events);
+            }
+            return Err(fail(msg).into());
         }
-        Err(NotReady::TooLong) => {
-            Box::new(running).shutdown(events);
-            return Err(fail(format!(
-                "the guest sent a control line longer than {CONTROL_LINE_MAX} bytes; see .vibebox/logs/console.log"
-            ))
-            .into());
-        }
-        Err(NotReady::BadKey) => return Err(fail("the guest sent an invalid host key").into()),
-        Err(NotReady::Failed(e)) => return Err(fail(e).into()),
     }
     events.log(&format!(
         "guest ready after {:.1} s",

@@ -89,28 +89,9 @@ fn missing_for_container() -> Option<String> {
             return Some(format!("{p} is not installed"));
         }
     }
-    let uid = rustix::process::getuid().as_raw();
-    vibebox_core_subids_missing(uid)
-}
-
-/// Whether the user has subordinate ids (read like vibebox does, without
-/// depending on its crates: /etc/subuid by name or number).
-fn vibebox_core_subids_missing(uid: u32) -> Option<String> {
-    let name = fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
-            })
-        })
-        .unwrap_or_default();
-    let text = fs::read_to_string("/etc/subuid").unwrap_or_default();
-    let ok = text.lines().any(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        f.len() == 3 && (f[0] == name || f[0] == uid.to_string())
-    });
-    (!ok).then(|| format!("{name} has no subordinate ids in /etc/subuid (scripts/install-deps)"))
+    vibebox_core::subids::SubIds::of_current_user()
+        .err()
+        .map(|e| format!("{e} (scripts/install-deps)"))
 }
 
 /// Whether end-to-end tests of `rt` can run here; panics under CI when they
