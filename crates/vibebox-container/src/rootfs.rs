@@ -30,8 +30,12 @@ pub fn ensure_unpacked(
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, RootfsError> {
     let target = tree(image_dir);
+    // The tree's owners are subordinate ids: it is unpacked again when the
+    // user's range changed since.
     let done = image_dir.join("rootfs.done");
-    if done.is_file() && target.is_dir() {
+    let stamp = format!("{} {}\n", ids.uid, ids.gid);
+    let unpacked = || target.is_dir() && fs::read_to_string(&done).is_ok_and(|s| s == stamp);
+    if unpacked() {
         return Ok(target);
     }
     let tar = image_dir.join("rootfs.tar");
@@ -51,7 +55,7 @@ pub fn ensure_unpacked(
         .map_err(|e| RootfsError(format!("cannot open {}: {e}", lock_path.display())))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| RootfsError(format!("cannot lock {}: {e}", lock_path.display())))?;
-    if done.is_file() && target.is_dir() {
+    if unpacked() {
         return Ok(target);
     }
     progress("unpacking the image's root tree for the container runtime (once per image)");
@@ -81,9 +85,10 @@ pub fn ensure_unpacked(
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
+    let _ = fs::remove_file(&done);
     fs::rename(&tmp, &target)
         .map_err(|e| RootfsError(format!("cannot move the tree into place: {e}")))?;
-    fs::write(&done, "")
+    fs::write(&done, &stamp)
         .map_err(|e| RootfsError(format!("cannot write {}: {e}", done.display())))?;
     Ok(target)
 }

@@ -258,6 +258,20 @@ fn session_lifecycle(rt: Rt) {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The box's root plants links to a host path in its own files (in the
+    // container, the upper layer on the host): deleting the session removes
+    // the links, never what they point to.
+    let victim = w.root().join("victim");
+    fs::create_dir_all(&victim).unwrap();
+    fs::write(victim.join("keep.txt"), "keep\n").unwrap();
+    run_script(
+        &w,
+        &dir,
+        &format!(
+            "sudo ln -s {v} /var/tmp/to-dir; sudo ln -s {v}/keep.txt /var/tmp/to-file; sudo mkdir -p /var/tmp/d; sudo ln -s {v} /var/tmp/d/inner; echo done",
+            v = victim.display()
+        ),
+    );
     // delete --force stops it and removes everything.
     let id = common::session_id(&dir);
     w.vm(&dir)
@@ -266,6 +280,11 @@ fn session_lifecycle(rt: Rt) {
         .success();
     assert!(!dir.join(".vibebox").exists());
     assert!(w.sessions().is_empty());
+    assert_eq!(
+        fs::read_to_string(victim.join("keep.txt")).unwrap(),
+        "keep\n",
+        "a link the box planted was followed"
+    );
 }
 
 both_runtimes!(session_lifecycle);
