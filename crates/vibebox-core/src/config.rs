@@ -18,6 +18,7 @@ use toml_edit::{Document, Item, Table, Value};
 use crate::diagnostic::{nearest, FileProblem, FileProblems, Location};
 use crate::mounts::{self, MountSpec};
 use crate::policy::{NetworkEntry, NetworkMode};
+use crate::store::{StoreUrl, ENDPOINT_RULE, STORE_URL_RULE};
 
 /// The file name of a project's config.
 pub const CONFIG_FILE: &str = "vibebox.toml";
@@ -48,6 +49,8 @@ mounts = ["~/.codex:~/.codex:read-write", "~/.claude:~/.claude:read-write"]
 auto_shutdown_ms = 20000
 # suspend: save it with its processes (the next start resumes them); shutdown: power off.
 # on_idle = "suspend"
+# Save the project to the store (see [store]) before the box stops or suspends.
+# save_on_idle = false
 
 [network]
 # allowlist: only the entries are reachable; blocklist: everything but the entries.
@@ -55,6 +58,11 @@ mode = "allowlist"
 # Domain names (github.com), leading wildcards (*.npmjs.org), optional ports
 # (example.com:443), IP addresses and CIDR blocks (10.0.0.0/8).
 entries = ["github.com", "*.githubusercontent.com", "registry.npmjs.org", "api.anthropic.com"]
+
+# [store]
+# Where `vibebox save` puts the project's saves (git bundles): a directory, or S3.
+# url = "s3://bucket/prefix"      # or "file:///path"; default ~/.vibebox/store/
+# endpoint = "http://127.0.0.1:8333"   # for S3-compatible servers; credentials from AWS_* / ~/.aws
 "#;
 
 pub use crate::image::DEFAULT_IMAGE;
@@ -67,7 +75,8 @@ const DEFAULT_ENTRIES: &[&str] = &[
     "api.anthropic.com",
 ];
 
-const TOP_KEYS: &[&str] = &["box", "supervisor", "network"];
+const TOP_KEYS: &[&str] = &["box", "supervisor", "network", "store"];
+const STORE_KEYS: &[&str] = &["url", "endpoint"];
 const BOX_KEYS: &[&str] = &[
     "cpu_count",
     "ram_mb",
@@ -77,7 +86,7 @@ const BOX_KEYS: &[&str] = &[
     "image",
     "protect",
 ];
-const SUPERVISOR_KEYS: &[&str] = &["auto_shutdown_ms", "on_idle"];
+const SUPERVISOR_KEYS: &[&str] = &["auto_shutdown_ms", "on_idle", "save_on_idle"];
 
 /// What the supervisor does when nobody held the session for its grace period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -215,6 +224,10 @@ pub struct Config {
     pub network: NetworkConfig,
     /// More paths the box may read but never write (`[box] protect`), as written.
     pub protect: Vec<String>,
+    /// Save the workspace to the store before the box stops or suspends.
+    pub save_on_idle: bool,
+    /// Where saves go (`[store]`); none means the default store.
+    pub store: Option<StoreUrl>,
 }
 
 impl Default for Config {
@@ -240,6 +253,8 @@ impl Default for Config {
             on_idle: OnIdle::Suspend,
             network: NetworkConfig::default(),
             protect: Vec::new(),
+            save_on_idle: false,
+            store: None,
         }
     }
 }
@@ -586,6 +601,46 @@ impl Config {
             if let Some(v) = c.choice(t, "supervisor", "on_idle", OnIdle::ALLOWED) {
                 config.on_idle = v;
             }
+            if let Some(item) = t.get("save_on_idle") {
+                match item.as_bool() {
+                    Some(b) => config.save_on_idle = b,
+                    None => {
+                        let found = type_name(item);
+                        c.problem(
+                            item.span(),
+                            "supervisor.save_on_idle",
+                            format!("expected a boolean, found {found}"),
+                            "allowed: true or false",
+                        );
+                    }
+                }
+            }
+        }
+
+        if let Some(t) = c.section(root, "store") {
+            c.unknown_keys(t, "store", STORE_KEYS);
+            let url = c.string(t, "store", "url", STORE_URL_RULE);
+            let endpoint = c.string(t, "store", "endpoint", ENDPOINT_RULE);
+            match (url, endpoint) {
+                (Some((url, span)), endpoint) => {
+                    match StoreUrl::parse(url, endpoint.map(|(e, _)| e)) {
+                        Ok(s) => config.store = Some(s),
+                        Err(e) => c.problem(
+                            span,
+                            "store.url",
+                            e.to_string(),
+                            format!("allowed: {STORE_URL_RULE}; endpoint: {ENDPOINT_RULE}"),
+                        ),
+                    }
+                }
+                (None, Some((_, span))) => c.problem(
+                    span,
+                    "store.endpoint",
+                    "an endpoint without a url",
+                    "add url = \"s3://bucket/prefix\"",
+                ),
+                (None, None) => {}
+            }
         }
 
         if let Some(t) = c.section(root, "network") {
@@ -785,6 +840,25 @@ mod tests {
     }
 
     #[test]
+    fn store_and_save_on_idle_are_checked() {
+        let c = parse("[supervisor]\nsave_on_idle = true\n[store]\nurl = \"s3://saves/p\"\nendpoint = \"http://127.0.0.1:8333\"\n").unwrap();
+        assert!(c.save_on_idle);
+        assert_eq!(
+            c.store.unwrap().to_string(),
+            "s3://saves/p (endpoint http://127.0.0.1:8333)"
+        );
+        let p = one_problem("[store]\nurl = \"ftp://x\"\n");
+        assert_eq!(p.key.as_deref(), Some("store.url"));
+        assert_eq!(p.location.unwrap().line, 2);
+        let p = one_problem("[store]\nendpoint = \"http://x\"\n");
+        assert_eq!(p.key.as_deref(), Some("store.endpoint"));
+        let p = one_problem("[supervisor]\nsave_on_idle = \"yes\"\n");
+        assert_eq!(p.key.as_deref(), Some("supervisor.save_on_idle"));
+        let p = one_problem("[store]\nurll = \"s3://abc\"\n");
+        assert!(p.help.unwrap().contains("did you mean `url`"));
+    }
+
+    #[test]
     fn syntax_errors_have_a_line() {
         let p = one_problem("[box]\ncpu_count = = 2\n");
         assert_eq!(p.location.unwrap().line, 2);
@@ -814,7 +888,7 @@ mod tests {
         let p = one_problem("[supervisor]\nzzz = 1\n");
         assert_eq!(
             p.help.as_deref(),
-            Some("allowed in [supervisor]: auto_shutdown_ms, on_idle")
+            Some("allowed in [supervisor]: auto_shutdown_ms, on_idle, save_on_idle")
         );
     }
 

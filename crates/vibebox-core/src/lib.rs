@@ -8,6 +8,7 @@
 //! - [`index`]: the global session index, written atomically under a lock;
 //! - [`project`]: a project's directory and `.vibebox/` layout;
 //! - [`session`]: finding or creating a project's one session;
+//! - [`store`]: where workspace saves go (`[store]`);
 //! - [`explain`]: what `vibebox explain` reports;
 //! - [`protect`]: the paths of read-write shares the box may read but not write;
 //! - [`runtime`]: the `Runtime` trait behind which machines are started;
@@ -31,6 +32,7 @@ pub mod project;
 pub mod protect;
 pub mod runtime;
 pub mod session;
+pub mod store;
 pub mod subids;
 pub mod text;
 pub mod trust;

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::mounts::MountMode;
 use crate::policy::NetworkMode;
+use crate::store::StoreUrl;
 
 /// Everything a config grants the box beyond its own project directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +45,10 @@ pub struct Grants {
     pub expose: BTreeSet<(u16, u16)>,
     /// Extra protected paths (`[box] protect`), resolved on the host.
     pub protect: BTreeSet<PathBuf>,
+    /// The store `vibebox save` uploads the project to (`[store]`), when the
+    /// config names one (records from before stores had none).
+    #[serde(default)]
+    pub store: Option<StoreUrl>,
 }
 
 impl Grants {
@@ -78,6 +83,7 @@ impl Grants {
             hosts: config.network.hosts.clone(),
             expose: config.network.expose.iter().copied().collect(),
             protect: protect.iter().cloned().collect(),
+            store: config.store.clone(),
         }
     }
 
@@ -117,6 +123,9 @@ impl Grants {
         for p in &self.protect {
             out.push(format!("protected path {}", p.display()));
         }
+        if let Some(s) = &self.store {
+            out.push(format!("saves go to {s}"));
+        }
         out
     }
 }
@@ -155,6 +164,9 @@ pub enum Widening {
     },
     /// An extra protected path that is no longer protected.
     Unprotect(PathBuf),
+    /// A store named by the config, new or changed: `vibebox save` uploads
+    /// the project there.
+    Store(StoreUrl),
 }
 
 impl fmt::Display for Widening {
@@ -188,6 +200,7 @@ impl fmt::Display for Widening {
             Widening::Unprotect(p) => {
                 write!(f, "- protected path {} (the box may write it)", p.display())
             }
+            Widening::Store(s) => write!(f, "~ store {s} (`vibebox save` uploads the project there)"),
         }
     }
 }
@@ -266,6 +279,11 @@ pub fn widening(current: &Grants, accepted: Option<&Grants>, defaults: &Grants) 
     for p in &acc.protect {
         if !current.protect.contains(p) {
             out.push(Widening::Unprotect(p.clone()));
+        }
+    }
+    if let Some(s) = &current.store {
+        if acc.store.as_ref() != Some(s) {
+            out.push(Widening::Store(s.clone()));
         }
     }
     out
@@ -435,6 +453,30 @@ mod tests {
         );
         // Once accepted, the same config asks nothing.
         assert!(widening(&g, Some(&g), &defaults()).is_empty());
+    }
+
+    #[test]
+    fn a_store_named_or_changed_by_the_config_is_a_widening() {
+        let none = grants("", &[]);
+        let a = grants("[store]\nurl = \"s3://team-saves/a\"\n", &[]);
+        let b = grants(
+            "[store]\nurl = \"s3://team-saves/a\"\nendpoint = \"http://evil.test:9000\"\n",
+            &[],
+        );
+        assert_eq!(
+            words(&widening(&a, None, &defaults())),
+            vec!["~ store s3://team-saves/a (`vibebox save` uploads the project there)"]
+        );
+        assert!(widening(&a, Some(&a), &defaults()).is_empty());
+        // The same bucket on another server is another store.
+        assert_eq!(widening(&b, Some(&a), &defaults()).len(), 1);
+        // Dropping the store (back to the default one) asks nothing.
+        assert!(widening(&none, Some(&a), &defaults()).is_empty());
+        // A record written before stores existed reads as "no store".
+        let mut old = serde_json::to_value(&none).unwrap();
+        old.as_object_mut().unwrap().remove("store");
+        let old: Grants = serde_json::from_value(old).unwrap();
+        assert_eq!(old.store, None);
     }
 
     #[test]
