@@ -94,9 +94,9 @@ impl StoreUrl {
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let bucket_ok = (3..=63).contains(&bucket.len())
-                && bucket
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                })
                 && !bucket.starts_with(['.', '-'])
                 && !bucket.ends_with(['.', '-']);
             if !bucket_ok {
@@ -199,7 +199,13 @@ mod tests {
             }
         );
         assert_eq!(s.to_string(), "s3://my-bucket/a/b");
-        for bad in ["s3://B", "s3://ab", "s3://-ab/x", "s3://abc/../x", "s3://abc/a//b"] {
+        for bad in [
+            "s3://B",
+            "s3://ab",
+            "s3://-ab/x",
+            "s3://abc/../x",
+            "s3://abc/a//b",
+        ] {
             assert!(StoreUrl::parse(bad, None).is_err(), "{bad}");
         }
         assert!(StoreUrl::parse("s3://abc", Some("ftp://x")).is_err());

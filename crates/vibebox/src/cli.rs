@@ -94,6 +94,42 @@ pub enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Save the project's work to the store as a git bundle: tracked files
+    /// with their staged and unstaged changes, and untracked files that
+    /// .gitignore does not exclude. Your HEAD, branch, index and stash are
+    /// not touched. Works whether the box runs or not.
+    Save {
+        /// What this save is (shown by `vibebox saves`).
+        #[arg(long, short = 'm')]
+        message: Option<String>,
+        /// The store.
+        #[command(flatten)]
+        store: crate::commands::store::StoreArgs,
+    },
+    /// List the saves of this project (or, with --all, every save in the store).
+    Saves {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Every save in the store, of every project.
+        #[arg(long)]
+        all: bool,
+        /// The store.
+        #[command(flatten)]
+        store: crate::commands::store::StoreArgs,
+    },
+    /// Bring a save back: into a new directory with --into, else into this
+    /// project (only when it has no unsaved changes).
+    Restore {
+        /// The save's id (or a unique prefix); default: this project's latest.
+        id: Option<String>,
+        /// A new (or empty) directory to restore into.
+        #[arg(long)]
+        into: Option<std::path::PathBuf>,
+        /// The store.
+        #[command(flatten)]
+        store: crate::commands::store::StoreArgs,
+    },
     /// Build, list and remove base images.
     Image {
         /// What to do with images.

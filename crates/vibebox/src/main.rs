@@ -52,6 +52,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::SshConfig) => commands::connect::ssh_config(&ctx).map(|()| 0),
         Some(Command::Stop { shutdown }) => commands::connect::stop(&ctx, shutdown).map(|()| 0),
         Some(Command::Trust { yes }) => commands::trust::run(&ctx, yes).map(|()| 0),
+        Some(Command::Save { message, store }) => {
+            commands::store::save(&ctx, message, &store).map(|()| 0)
+        }
+        Some(Command::Saves { json, all, store }) => {
+            commands::store::saves(&ctx, json, all, &store).map(|()| 0)
+        }
+        Some(Command::Restore { id, into, store }) => {
+            commands::store::restore(&ctx, id, into, &store).map(|()| 0)
+        }
         Some(Command::Supervise { dir }) => runtime::run_supervisor(&ctx, &dir).map(|()| 0),
         Some(Command::Completions { .. })
         | Some(Command::KvmProbe)

@@ -8,6 +8,7 @@ pub mod init;
 pub mod list;
 pub mod logs;
 pub mod snapshot;
+pub mod store;
 pub mod trust;
 
 use anyhow::Context as _;
