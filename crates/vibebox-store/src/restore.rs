@@ -314,14 +314,11 @@ pub fn in_place(
 ) -> Result<Restored, StoreError> {
     let _lock = SaveLock::take(project, state)?;
     let ws = Workspace::open(project, state)?;
+    ws.clean_interrupted()?;
     let user = ws.user_repo().ok().flatten();
     report(Report::Step("checking for unsaved changes".into()));
     let cap = ws.capture(user.as_ref())?;
-    let result = in_place_from(remote, entry, &ws, &cap, state, report);
-    if cap.index != state.join("save.index") {
-        let _ = fs::remove_file(&cap.index);
-    }
-    let bundles = result?;
+    let bundles = in_place_from(remote, entry, &ws, &cap, state, report)?;
     if let (Some(u), Some(gs)) = (&user, &entry.git) {
         if u.head != gs.head || u.branch != gs.branch {
             report(Report::Warning(format!(

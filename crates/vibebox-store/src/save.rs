@@ -59,6 +59,7 @@ pub fn save(
 ) -> Result<SaveOutcome, StoreError> {
     let _lock = SaveLock::take(req.project, req.state)?;
     let ws = Workspace::open(req.project, req.state)?;
+    ws.clean_interrupted()?;
     let workspace = match ws.id() {
         Some(id) => id,
         None => {
@@ -245,6 +246,7 @@ pub fn save(
     // The store has it: now it is this project's latest save.
     let tip = format!("refs/vibebox/saves/{workspace}");
     ws.git().run(&["update-ref", &tip, &commit])?;
+    ws.mark_stored(&id, &commit)?;
     ws.set_last_save(&id, &commit, depth)?;
     ws.set_setting("lastState", &state)?;
     if user.is_some() {

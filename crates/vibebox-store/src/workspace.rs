@@ -90,8 +90,7 @@ pub struct Captured {
     pub nested_repos: Vec<String>,
     /// What git could not read (one line each, escaped).
     pub unreadable: Vec<String>,
-    /// An index file that holds `tree` (a temporary one for a git project:
-    /// remove it when done; `.vibebox/save.index` otherwise).
+    /// The index file that holds `tree` (`.vibebox/save.index`).
     pub index: PathBuf,
 }
 
@@ -307,41 +306,36 @@ impl Workspace {
 
     /// Captures the project's files (and, with `user`, its staging area)
     /// into objects of vibebox's repository.
+    ///
+    /// The files go through vibebox's own index (`.vibebox/save.index`), never
+    /// the person's: an entry git cached after converting a file (line
+    /// endings, filters) would otherwise stand for bytes the file does not
+    /// have. The person's index is read from a copy, for its tree only.
     pub fn capture(&self, user: Option<&UserRepo>) -> Result<Captured, WorkspaceError> {
         self.borrow(user)?;
         let index = self.state.join("save.index");
         let tmp = self.state.join("save.index.tmp");
         let _ = fs::remove_file(&tmp);
         let mut index_tree = None;
-        match user {
-            Some(u) => {
-                // The person's index, copied: git may rewrite an index it reads.
-                let theirs = u.git_dir.join("index");
-                if let Some(bytes) = read_capped(&theirs, MAX_INDEX_BYTES) {
-                    fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
-                }
-                index_tree = self
-                    .git_with_index(&tmp)
-                    .run(&["write-tree"])
-                    .ok()
-                    .map(|o| o.text())
-                    .filter(|t| is_object_id(t));
+        if let Some(u) = user {
+            let copy = self.state.join("save.their-index.tmp");
+            let _ = fs::remove_file(&copy);
+            // A missing index (a new repository) is an empty staging area.
+            if let Some(bytes) = read_capped(&u.git_dir.join("index"), MAX_INDEX_BYTES) {
+                fs::write(&copy, bytes).map_err(io("write", &copy))?;
             }
-            None => {
-                if fs::symlink_metadata(&index).is_ok_and(|m| m.is_file()) {
-                    fs::copy(&index, &tmp).map_err(io("copy", &index))?;
-                }
-            }
+            index_tree = self
+                .git_with_index(&copy)
+                .run(&["write-tree"])
+                .ok()
+                .map(|o| o.text())
+                .filter(|t| is_object_id(t));
+            let _ = fs::remove_file(&copy);
+        }
+        if fs::symlink_metadata(&index).is_ok_and(|m| m.is_file()) {
+            fs::copy(&index, &tmp).map_err(io("copy", &index))?;
         }
         let git = self.git_with_index(&tmp);
-        let mut unreadable = Vec::new();
-        if user.is_some() {
-            // Tracked files again, without trusting the stat cache of an index
-            // that git filled through the person's conversions.
-            if let Err(e) = git.run(&["add", "--renormalize", "--ignore-errors", "--", "."]) {
-                unreadable.push(e.to_string());
-            }
-        }
         let added = git.run(&["add", "-A", "--ignore-errors", "--", "."]);
         let stderr = match added {
             Ok(o) => o.stderr,
@@ -349,12 +343,11 @@ impl Workspace {
             Err(GitError::Failed { stderr, .. }) => stderr,
             Err(e) => return Err(e.into()),
         };
-        unreadable.extend(
-            stderr
-                .lines()
-                .filter(|l| l.starts_with("error:") || l.starts_with("fatal:"))
-                .map(vibebox_core::text::for_terminal),
-        );
+        let unreadable: Vec<String> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error:") || l.starts_with("fatal:"))
+            .map(vibebox_core::text::for_terminal)
+            .collect();
         let tree = git.run(&["write-tree"])?.text();
         let listing = git.run(&["ls-files", "-z", "-s"])?;
         let mut paths = Vec::new();
@@ -369,12 +362,7 @@ impl Workspace {
             }
             paths.push(path.to_string());
         }
-        let index = if user.is_none() {
-            fs::rename(&tmp, &index).map_err(io("keep", &index))?;
-            index
-        } else {
-            tmp
-        };
+        fs::rename(&tmp, &index).map_err(io("keep", &index))?;
         Ok(Captured {
             tree,
             index_tree,
@@ -385,12 +373,56 @@ impl Workspace {
         })
     }
 
-    /// The trees of every save this repository has, for "is this state saved?".
+    /// Records that save `id` (commit `commit`) is in the store.
+    pub fn mark_stored(&self, id: &str, commit: &str) -> Result<(), WorkspaceError> {
+        self.git()
+            .run(&["update-ref", &format!("refs/vibebox/stored/{id}"), commit])?;
+        Ok(())
+    }
+
+    /// The trees of every save this repository knows the store has, for "is
+    /// this state saved?".
     pub fn saved_trees(&self) -> Result<Vec<String>, WorkspaceError> {
         let out = self
             .git()
-            .run(&["for-each-ref", "--format=%(tree)", "refs/vibebox/save/"])?;
+            .run(&["for-each-ref", "--format=%(tree)", "refs/vibebox/stored/"])?;
         Ok(out.text().lines().map(str::to_string).collect())
+    }
+
+    /// Forgets what an interrupted save or restore left: save refs the store
+    /// never got, and temporary files. Call with the save lock held.
+    pub fn clean_interrupted(&self) -> Result<(), WorkspaceError> {
+        let refs = |prefix: &str| -> Result<Vec<String>, WorkspaceError> {
+            let out = self
+                .git()
+                .run(&["for-each-ref", "--format=%(refname)", prefix])?;
+            Ok(out.text().lines().map(str::to_string).collect())
+        };
+        let stored: Vec<String> = refs("refs/vibebox/stored/")?
+            .iter()
+            .filter_map(|r| r.rsplit('/').next().map(str::to_string))
+            .collect();
+        for r in refs("refs/vibebox/save/")? {
+            let id = r.rsplit('/').next().unwrap_or_default();
+            if !stored.iter().any(|s| s == id) {
+                let _ = self.git().run(&["update-ref", "-d", &r]);
+            }
+        }
+        for r in refs("refs/vibebox/restore/")? {
+            let _ = self.git().run(&["update-ref", "-d", &r]);
+        }
+        if let Ok(rd) = fs::read_dir(&self.state) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let temp = (name.starts_with("save-") || name.starts_with("restore-"))
+                    && name.ends_with(".bundle")
+                    || name.starts_with("save.") && name.ends_with(".tmp");
+                if temp {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
     }
 }
 
