@@ -552,9 +552,10 @@ const S3_SECRET: &str = "vibebox-test-secret";
 
 impl Seaweed {
     fn weed() -> Option<PathBuf> {
-        let cache = std::env::var_os("HOME")
+        let cache = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
-            .map(|h| h.join(".cache/vibebox/seaweedfs/weed"));
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("vibebox/seaweedfs/weed"));
         if let Some(c) = cache.filter(|c| c.is_file()) {
             return Some(c);
         }
