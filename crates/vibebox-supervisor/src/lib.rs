@@ -25,4 +25,4 @@ pub mod server;
 pub mod supervise;
 
 pub use error::SupervisorError;
-pub use supervise::{supervise, Host};
+pub use supervise::{supervise, Host, SaveHook};

@@ -155,6 +155,17 @@ fn start_ssh_master(project: &Project, run_dir: &Path, port: u16) -> Result<Tied
     Ok(children.remove(0))
 }
 
+/// What runs when a session stops and its config says `save_on_idle`:
+/// saves the workspace of the plan's project, telling the log how it went.
+#[derive(Clone)]
+pub struct SaveHook(pub std::sync::Arc<dyn Fn(&SessionPlan, &mut dyn FnMut(&str)) + Send + Sync>);
+
+impl std::fmt::Debug for SaveHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SaveHook")
+    }
+}
+
 /// Where a supervisor finds what it needs on the host.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -164,6 +175,8 @@ pub struct Host {
     pub host_home: PathBuf,
     /// The vibebox executable (runs the guest half of the KVM probe).
     pub probe_exe: PathBuf,
+    /// Saves the workspace before the box stops (`[supervisor] save_on_idle`).
+    pub save: Option<SaveHook>,
 }
 
 /// Runs the supervisor of the session of `plan` until the session stops:
@@ -307,6 +320,12 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     };
     // Clients that arrive now see "stopping" and wait for the socket to go.
     state.set_state(SessionState::Stopping);
+    if config.save_on_idle {
+        if let Some(hook) = &host.save {
+            log("saving the workspace before the box stops (save_on_idle)");
+            (hook.0)(plan, &mut log);
+        }
+    }
     drop(master);
     let mut events = Events {
         server: &state,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use vibebox_core::config::RuntimeChoice;
 use vibebox_core::explain::RuntimeView;
 use vibebox_core::plan::SessionPlan;
-use vibebox_supervisor::{supervise, Host, SupervisorError};
+use vibebox_supervisor::{supervise, Host, SaveHook, SupervisorError};
 
 use crate::context::Context;
 use crate::error::hinted;
@@ -44,10 +44,14 @@ pub fn run_supervisor(ctx: &Context, dir: &std::path::Path) -> anyhow::Result<()
             dir.display()
         );
     }
+    let home = ctx.home.clone();
     let host = Host {
         vibebox_home: ctx.home.clone(),
         host_home: ctx.host_home.clone(),
         probe_exe: probe_exe(),
+        save: Some(SaveHook(std::sync::Arc::new(move |plan, log| {
+            crate::commands::store::save_on_idle(&home, plan, log)
+        }))),
     };
     supervise(&plan, &host).map_err(supervisor_error)
 }

@@ -71,6 +71,61 @@ fn session_state(w: &World, dir: &std::path::Path) -> (String, u64) {
     )
 }
 
+/// `save_on_idle`: when the grace period ends, the supervisor saves what the
+/// box made to the store before the box stops; the save restores elsewhere.
+fn save_on_idle_saves_what_the_box_made(rt: Rt) {
+    let _serial = lock();
+    if !vm::available_for(rt) {
+        return;
+    }
+    let w = World::with_image_for(rt);
+    let dir = w.project("app");
+    fs::write(
+        dir.join("vibebox.toml"),
+        "[box]\nmounts = []\n[supervisor]\nauto_shutdown_ms = 500\non_idle = \"shutdown\"\nsave_on_idle = true\n",
+    )
+    .unwrap();
+    fs::write(dir.join("from-host.txt"), "host\n").unwrap();
+    run_script(
+        &w,
+        &dir,
+        "mkdir -p out && echo made in the box > out/result.txt && echo done",
+    );
+    assert!(
+        eventually(Duration::from_secs(300), || session_state(&w, &dir).0
+            == "stopped"),
+        "the box did not stop"
+    );
+    let out = w.vm(&dir).args(["saves", "--json"]).output().unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let list = list.as_array().cloned().unwrap_or_default();
+    let log = fs::read_to_string(dir.join(".vibebox/logs/supervisor.log")).unwrap_or_default();
+    assert_eq!(list.len(), 1, "{list:?}\n{log}");
+    assert!(
+        list[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("save_on_idle"),
+        "{list:?}"
+    );
+    assert!(log.contains("save_on_idle: saved"), "{log}");
+    let back = w.root().join("back");
+    w.vm(&dir)
+        .args(["restore", "--into", back.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read_to_string(back.join("out/result.txt")).unwrap(),
+        "made in the box\n"
+    );
+    assert_eq!(
+        fs::read_to_string(back.join("from-host.txt")).unwrap(),
+        "host\n"
+    );
+}
+
+both_runtimes!(save_on_idle_saves_what_the_box_made);
+
 /// The whole life of a session: create, run commands, share with a second
 /// client, shut down after the grace period, restart on the same disk, delete.
 fn session_lifecycle(rt: Rt) {

@@ -300,3 +300,55 @@ fn shell_quote(p: &Path) -> String {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
+
+/// `[supervisor] save_on_idle`: the supervisor saves the workspace before the
+/// box stops or suspends, to the store of the config the client checked (its
+/// store was accepted with the rest of the config at the start).
+pub fn save_on_idle(
+    vibebox_home: &Path,
+    plan: &vibebox_core::plan::SessionPlan,
+    log: &mut dyn FnMut(&str),
+) {
+    let config = match plan.config() {
+        Ok(c) => c,
+        Err(e) => return log(&format!("save_on_idle: the config does not parse: {e}")),
+    };
+    let url = config
+        .store
+        .clone()
+        .unwrap_or_else(|| StoreUrl::default_for(vibebox_home));
+    let project = plan.project();
+    let session = project.read_session_id().ok().flatten();
+    let remote = match Remote::open(&url) {
+        Ok(r) => r,
+        Err(e) => return log(&format!("save_on_idle: {e}")),
+    };
+    let state = project.state_dir();
+    let result = vibebox_store::save::save(
+        &remote,
+        &SaveRequest {
+            project: project.dir(),
+            state: &state,
+            session,
+            message: Some("saved when the box stopped (save_on_idle)".into()),
+        },
+        &mut |r| match r {
+            Report::Step(s) => log(&format!("save_on_idle: {s}")),
+            Report::Warning(w) => log(&format!("save_on_idle: warning: {w}")),
+        },
+    );
+    match result {
+        Ok(SaveOutcome::Saved { entry, .. }) => log(&format!(
+            "save_on_idle: saved {} ({} files, {}) to {url}",
+            entry.id,
+            entry.files,
+            human_size(entry.bundle_size)
+        )),
+        Ok(SaveOutcome::Unchanged(id)) => {
+            log(&format!("save_on_idle: nothing changed since save {id}"))
+        }
+        Err(e) => log(&format!(
+            "save_on_idle: the save failed (the last good save stays the latest): {e}"
+        )),
+    }
+}
