@@ -158,7 +158,10 @@ fn start_ssh_master(project: &Project, run_dir: &Path, port: u16) -> Result<Tied
 /// What runs when a session stops and its config says `save_on_idle`:
 /// saves the workspace of the plan's project, telling the log how it went.
 #[derive(Clone)]
-pub struct SaveHook(pub std::sync::Arc<dyn Fn(&SessionPlan, &mut dyn FnMut(&str)) + Send + Sync>);
+pub struct SaveHook(pub std::sync::Arc<SaveFn>);
+
+/// The function of a [`SaveHook`]: the plan, and where to log.
+pub type SaveFn = dyn Fn(&SessionPlan, &mut dyn FnMut(&str)) + Send + Sync;
 
 impl std::fmt::Debug for SaveHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
