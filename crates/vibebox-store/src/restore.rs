@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::entry::SaveEntry;
 use crate::history;
 use crate::remote::Remote;
-use crate::workspace::{Workspace, WorkspaceError};
+use crate::workspace::{io, Workspace};
 use crate::{human_size, Report, SaveLock, StoreError};
 
 /// The longest chain of bundles a restore follows (a store that loops is damaged).
@@ -28,17 +28,6 @@ pub struct Restored {
     pub directory: PathBuf,
     /// How many bundles were downloaded.
     pub bundles: usize,
-}
-
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| {
-        WorkspaceError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
-        .into()
-    }
 }
 
 /// Brings the commit of `entry` into the repository of `ws`, downloading the

@@ -265,17 +265,14 @@ pub fn save(
 }
 
 fn checksum(path: &Path) -> Result<(u64, String), StoreError> {
-    let err = |source| crate::workspace::WorkspaceError::Io {
-        action: "read",
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = fs::File::open(path).map_err(err)?;
+    let mut file = fs::File::open(path).map_err(crate::workspace::io("read", path))?;
     let mut hash = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf).map_err(err)?;
+        let n = file
+            .read(&mut buf)
+            .map_err(crate::workspace::io("read", path))?;
         if n == 0 {
             break;
         }

@@ -53,7 +53,8 @@ pub enum WorkspaceError {
     Refused(String),
 }
 
-fn io<'a>(
+/// Names a failed file operation (shared by saves and restores).
+pub(crate) fn io<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> WorkspaceError + 'a {

@@ -27,6 +27,20 @@ fn vb(w: &World, dir: &Path) -> assert_cmd::Command {
     c
 }
 
+/// `vibebox save ARGS` in `dir`, started in the background (for kills and races).
+fn spawn_save(w: &World, dir: &Path, args: &[&str]) -> std::process::Child {
+    StdCommand::new(assert_cmd::cargo::cargo_bin("vibebox"))
+        .current_dir(dir)
+        .env("HOME", w.home())
+        .env("VIBEBOX_HOME", w.vibebox_home())
+        .arg("save")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = StdCommand::new("git")
         .current_dir(dir)
@@ -380,22 +394,13 @@ fn a_save_killed_at_any_point_never_replaces_the_last_good_one() {
     vb(&w, &p).args(["save", "-m", "good"]).assert().success();
     let good = saves(&w, &p, &[]);
     assert_eq!(good.len(), 1);
-    let exe = assert_cmd::cargo::cargo_bin("vibebox");
     let mut killed = 0;
     for (round, delay_ms) in [0u64, 10, 30, 60, 100, 150, 250, 400]
         .into_iter()
         .enumerate()
     {
         fs::write(p.join("changing.txt"), format!("round {round}")).unwrap();
-        let mut child = StdCommand::new(&exe)
-            .current_dir(&p)
-            .env("HOME", w.home())
-            .env("VIBEBOX_HOME", w.vibebox_home())
-            .args(["save", "-m", &format!("round {round}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_save(&w, &p, &["-m", &format!("round {round}")]);
         std::thread::sleep(Duration::from_millis(delay_ms));
         if child.try_wait().unwrap().is_none() {
             killed += 1;
@@ -484,19 +489,7 @@ fn two_copies_saving_at_once_keep_both_saves() {
         .success();
     fs::write(p.join("a.txt"), "from the original").unwrap();
     fs::write(copy.join("a.txt"), "from the copy").unwrap();
-    let exe = assert_cmd::cargo::cargo_bin("vibebox");
-    let spawn = |dir: &Path| {
-        StdCommand::new(&exe)
-            .current_dir(dir)
-            .env("HOME", w.home())
-            .env("VIBEBOX_HOME", w.vibebox_home())
-            .args(["save"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let (mut a, mut b) = (spawn(&p), spawn(&copy));
+    let (mut a, mut b) = (spawn_save(&w, &p, &[]), spawn_save(&w, &copy, &[]));
     assert!(a.wait().unwrap().success());
     assert!(b.wait().unwrap().success());
     let list = saves(&w, &p, &[]);
