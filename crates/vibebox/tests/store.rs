@@ -216,6 +216,28 @@ fn a_git_project_round_trips_byte_for_byte_and_its_repository_is_untouched() {
 }
 
 #[test]
+fn a_git_link_planted_by_the_box_is_not_followed() {
+    // The box replaces the project's `.git` with a link to another repository
+    // of the person's: a save must not carry that repository's history.
+    let w = World::new();
+    let secret = git_project(&w, "secret-repo");
+    let p = w.project("proj");
+    fs::write(p.join("a.txt"), "a").unwrap();
+    std::os::unix::fs::symlink(secret.join(".git"), p.join(".git")).unwrap();
+    let a = vb(&w, &p).args(["save"]).assert().success();
+    assert!(stderr(&a).contains("symbolic link"), "{}", stderr(&a));
+    let list = saves(&w, &p, &[]);
+    assert!(list[0]["git"].is_null(), "{list:?}");
+    let out = w.root().join("out");
+    vb(&w, &p)
+        .args(["restore", "--into", out.to_str().unwrap()])
+        .assert()
+        .success();
+    assert!(!out.join(".git").exists());
+    assert_eq!(fs::read_to_string(out.join("a.txt")).unwrap(), "a");
+}
+
+#[test]
 fn a_project_without_git_round_trips_and_restores_in_place_only_when_saved() {
     let w = World::new();
     let p = w.project("plain");
