@@ -1,5 +1,6 @@
 //! vibebox-core: the pure logic of vibebox.
 //!
+//! - [`boxterm`]: detachable terminals in the box (tmux lines and listings);
 //! - [`config`]: `vibebox.toml`, its schema, defaults and precise errors;
 //! - [`image`]: base image names (one rule) and their directories;
 //! - [`mounts`]: `host:guest[:mode]` strings and their resolution;
@@ -18,6 +19,7 @@
 //! This crate starts no process and opens no socket.
 #![warn(missing_docs)]
 
+pub mod boxterm;
 pub mod config;
 pub mod diagnostic;
 pub mod explain;

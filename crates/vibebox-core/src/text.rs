@@ -41,6 +41,24 @@ pub fn bytes_for_terminal(bytes: &[u8], keep_newlines: bool) -> String {
         .join("\n")
 }
 
+/// `s` quoted for a POSIX shell: unchanged when it is made only of safe
+/// characters, else in single quotes.
+///
+/// ```
+/// use vibebox_core::text::shell_quote;
+/// assert_eq!(shell_quote("ls"), "ls");
+/// assert_eq!(shell_quote("it's; rm -rf /"), "'it'\\''s; rm -rf /'");
+/// ```
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 fn is_unsafe(c: char) -> bool {
     c.is_control()
         || matches!(
@@ -77,5 +95,14 @@ mod tests {
         fn output_has_no_control_characters(s in "\\PC*|[\\x00-\\x7f\\u{80}-\\u{9f}]*") {
             proptest::prop_assert!(!for_terminal(&s).chars().any(char::is_control));
         }
+    }
+
+    #[test]
+    fn quoting_survives_hostile_arguments() {
+        assert_eq!(shell_quote("ls"), "ls");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's; rm -rf /"), "'it'\\''s; rm -rf /'");
+        assert_eq!(shell_quote("$(id)"), "'$(id)'");
     }
 }

@@ -49,6 +49,7 @@ pub const PACKAGES: &[&str] = &[
     "procps",
     "less",
     "busybox-static",
+    "tmux",
 ];
 
 /// What to build.

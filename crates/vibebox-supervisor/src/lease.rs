@@ -50,6 +50,14 @@ impl Lease {
         }
     }
 
+    /// Something in the box holds it (a detached terminal runs): with no
+    /// client, the grace period starts again from `now`.
+    pub fn renew(&mut self, now: Instant) {
+        if self.clients == 0 {
+            self.zero_since = Some(now);
+        }
+    }
+
     /// Whether nobody held the session for the whole grace period.
     pub fn idle(&self, now: Instant) -> bool {
         self.clients == 0
@@ -99,5 +107,20 @@ mod tests {
         l.ready(t0 + GRACE);
         assert!(!l.idle(t0 + GRACE + GRACE / 2));
         assert!(l.idle(t0 + GRACE * 2));
+    }
+
+    #[test]
+    fn a_running_terminal_renews_the_grace() {
+        let t0 = Instant::now();
+        let mut l = Lease::new(GRACE, t0);
+        assert!(l.idle(t0 + GRACE));
+        l.renew(t0 + GRACE);
+        assert!(!l.idle(t0 + GRACE + GRACE / 2));
+        assert!(l.idle(t0 + GRACE * 2));
+        // Renewing never takes a client's place.
+        l.attach();
+        l.renew(t0 + GRACE * 3);
+        assert_eq!(l.clients(), 1);
+        assert!(!l.idle(t0 + GRACE * 9));
     }
 }

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod guest;
 pub mod lease;
 pub mod protocol;
 pub mod rundir;

@@ -297,6 +297,12 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         }
     };
     state.set_state(SessionState::Running);
+    let guest = crate::guest::GuestShell::new(
+        &project.ssh_dir(),
+        state.status().ssh_port.unwrap_or_default(),
+        &run_dir,
+    );
+    let mut held_by_terminal = false;
     // Suspend (the default) or power off, as asked or as `on_idle` says;
     // `None` once the machine ended by itself.
     let suspend = loop {
@@ -313,6 +319,14 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
                     "stop requested"
                 });
                 break Some(!shutdown);
+            }
+            Some(Stop::Idle) if guest.terminals_running() => {
+                // A detached terminal (`vibebox run -d`) keeps the box up.
+                if !held_by_terminal {
+                    log("no clients, but a terminal in the box runs: staying up");
+                    held_by_terminal = true;
+                }
+                state.update(|s| s.lease.renew(std::time::Instant::now()));
             }
             Some(Stop::Idle) => {
                 log("no clients for the whole grace period");

@@ -172,16 +172,7 @@ pub fn ssh_command(project: &Project, session: &uuid::Uuid, port: u16) -> Comman
     cmd
 }
 
-/// Quotes `s` for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
-    {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
+pub use vibebox_core::text::shell_quote;
 
 /// Runs `remote` (a shell command line) in the guest's project directory, or
 /// an interactive login shell when `remote` is `None`. Returns the exit code.
@@ -218,6 +209,60 @@ pub fn run_ssh(
     Ok(status.code().unwrap_or(255))
 }
 
+/// Runs `line` (a shell command line) in the guest's project directory on a
+/// terminal (`ssh -t`); returns its exit code.
+pub fn run_ssh_tty(project: &Project, attached: &Attached, line: &str) -> anyhow::Result<i32> {
+    let port = attached
+        .status
+        .ssh_port
+        .ok_or_else(|| anyhow::anyhow!("the supervisor did not report an SSH port"))?;
+    let dir = shell_quote(&project_guest_path(project.dir()));
+    let status = ssh_command(project, &attached.session, port)
+        .arg("-t")
+        .arg("vibecoder@127.0.0.1")
+        .arg(format!("cd {dir} && {line}"))
+        .status()
+        .context("cannot run ssh; install openssh-client")?;
+    Ok(status.code().unwrap_or(255))
+}
+
+/// Runs `line` (a shell command line) in the guest's project directory with
+/// no terminal and returns its exit code and at most `limit` bytes of what
+/// it printed (the box decides what that is: treat it as hostile).
+pub fn ssh_capture(
+    project: &Project,
+    attached: &Attached,
+    line: &str,
+    limit: u64,
+) -> anyhow::Result<(i32, Vec<u8>)> {
+    use std::io::Read;
+    let port = attached
+        .status
+        .ssh_port
+        .ok_or_else(|| anyhow::anyhow!("the supervisor did not report an SSH port"))?;
+    let dir = shell_quote(&project_guest_path(project.dir()));
+    let mut child = ssh_command(project, &attached.session, port)
+        .arg("-T")
+        .arg("vibecoder@127.0.0.1")
+        .arg(format!("cd {dir} && {line}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run ssh; install openssh-client")?;
+    let mut out = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let mut stdout = stdout.take(limit);
+        stdout
+            .read_to_end(&mut out)
+            .context("cannot read from the box")?;
+        // Whatever is left is not read: the box cannot make the host wait
+        // on it (ssh gets SIGPIPE).
+        drop(stdout);
+    }
+    let status = child.wait().context("cannot wait for ssh")?;
+    Ok((status.code().unwrap_or(255), out))
+}
+
 /// The `Host` block of `vibebox ssh-config`.
 pub fn ssh_config_block(project: &Project, session: &uuid::Uuid, port: u16) -> String {
     let ssh_dir = project.ssh_dir();
@@ -228,18 +273,4 @@ pub fn ssh_config_block(project: &Project, session: &uuid::Uuid, port: u16) -> S
         kh = ssh::known_hosts_path(&ssh_dir).display(),
         alias = ssh::HOST_ALIAS,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shell_quote;
-
-    #[test]
-    fn quoting_survives_hostile_arguments() {
-        assert_eq!(shell_quote("ls"), "ls");
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's; rm -rf /"), "'it'\\''s; rm -rf /'");
-        assert_eq!(shell_quote("$(id)"), "'$(id)'");
-    }
 }

@@ -58,6 +58,33 @@ pub enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Run a command in a terminal in the box that outlives this client:
+    /// detach with Ctrl-b d (or start detached with -d), come back with
+    /// `vibebox attach NAME`. A running terminal keeps the box up.
+    Run {
+        /// Start it detached (do not attach this terminal).
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Its name (default: the command's name, made unique).
+        #[arg(long)]
+        name: Option<vibebox_core::boxterm::TermName>,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Attach to a terminal in the box (several clients may attach to one and
+    /// see the same screen; Ctrl-b d detaches).
+    Attach {
+        /// The terminal's name (see `vibebox ps`).
+        name: vibebox_core::boxterm::TermName,
+    },
+    /// List the terminals in the box: name, started, attached clients, state
+    /// (exit code once it exited), command.
+    Ps {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show this project's logs: the supervisor's, or with --network every
     /// network decision (one JSON object a line).
     Logs {

@@ -46,6 +46,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Image { command }) => commands::image::run(&ctx, command).map(|()| 0),
         Some(Command::Snapshot { command }) => commands::snapshot::run(&ctx, command).map(|()| 0),
         Some(Command::Exec { command }) => commands::connect::exec(&ctx, &command),
+        Some(Command::Run {
+            detach,
+            name,
+            command,
+        }) => commands::terminals::run(&ctx, detach, name, &command),
+        Some(Command::Attach { name }) => commands::terminals::attach(&ctx, &name),
+        Some(Command::Ps { json }) => commands::terminals::ps(&ctx, json).map(|()| 0),
         Some(Command::Logs { network, follow }) => {
             commands::logs::run(&ctx, network, follow).map(|()| 0)
         }

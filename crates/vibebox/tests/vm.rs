@@ -1433,3 +1433,140 @@ fn the_container_box_root_is_confined() {
     );
     w.vm(&dir).arg("stop").assert().success();
 }
+
+fn terminals(w: &World, dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = w.vm(dir).args(["ps", "--json"]).output().unwrap();
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn terminal(w: &World, dir: &std::path::Path, name: &str) -> Option<serde_json::Value> {
+    terminals(w, dir).into_iter().find(|t| t["name"] == name)
+}
+
+/// Detachable terminals: `run -d` starts one that outlives its client and
+/// keeps the box up past its grace period; two clients attached to one see
+/// the same screen; one detaches (the terminal goes on), the other sees the
+/// command end and gets its exit code; `ps` tells each state; once nothing
+/// runs, the box idles out.
+fn detachable_terminals(rt: Rt) {
+    let _serial = lock();
+    if !vm::available_for(rt) {
+        return;
+    }
+    let Some(host) = vm::HostTmux::new() else {
+        return;
+    };
+    let w = World::with_image_for(rt);
+    let dir = w.project("app");
+    write_config(&dir, "", 1000);
+    let out = w
+        .vm(&dir)
+        .args(["run", "-d", "--name", "job", "--"])
+        .args(["sh", "-c", "echo started > job.txt; sleep 600"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.vm(&dir)
+        .args(["run", "-d", "--name", "job", "--", "true"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("already runs"));
+    // No client holds the box, for several grace periods: the job does.
+    std::thread::sleep(Duration::from_secs(6));
+    let log = || fs::read_to_string(dir.join(".vibebox/logs/supervisor.log")).unwrap_or_default();
+    assert_eq!(session_state(&w, &dir).0, "running", "{}", log());
+    assert!(log().contains("a terminal in the box runs"), "{}", log());
+    assert_eq!(
+        fs::read_to_string(dir.join("job.txt")).unwrap(),
+        "started\n"
+    );
+    let job = terminal(&w, &dir, "job").expect("job listed");
+    assert_eq!(job["running"], true, "{job}");
+    assert_eq!(job["clients"], 0, "{job}");
+    assert!(
+        job["command"].as_str().unwrap().contains("sleep 600"),
+        "{job}"
+    );
+
+    // A terminal whose command ends keeps its exit code for `ps`.
+    w.vm(&dir)
+        .args(["run", "-d", "--name", "quick", "--", "sh", "-c", "exit 7"])
+        .assert()
+        .success();
+    assert!(
+        eventually(Duration::from_secs(60), || terminal(&w, &dir, "quick")
+            .is_some_and(|t| t["running"] == false && t["exit_code"] == 7)),
+        "{:?}",
+        terminals(&w, &dir)
+    );
+
+    // Two clients on one terminal see the same screen.
+    w.vm(&dir)
+        .args(["run", "-d", "--name", "shell", "--", "bash", "--norc"])
+        .assert()
+        .success();
+    host.open("c1", &w.client_script(&dir, "c1", &["attach", "shell"]));
+    host.open("c2", &w.client_script(&dir, "c2", &["attach", "shell"]));
+    assert!(
+        eventually(Duration::from_secs(120), || terminal(&w, &dir, "shell")
+            .is_some_and(|t| t["clients"] == 2)),
+        "{:?}\n{}\n{}",
+        terminals(&w, &dir),
+        host.screen("c1"),
+        host.screen("c2")
+    );
+    host.send("c1", &["echo marker-$((6*7))", "Enter"]);
+    host.wait_for("c2", &["marker-42"]);
+    // c2 detaches: the terminal goes on.
+    host.send("c2", &["C-b", "d"]);
+    host.wait_for("c2", &["keeps running", "CLIENT-EXIT 0"]);
+    assert_eq!(terminal(&w, &dir, "shell").unwrap()["running"], true);
+    // c1 ends the command: it gets the command's exit code.
+    host.send("c1", &["exit 4", "Enter"]);
+    host.wait_for("c1", &["CLIENT-EXIT 4"]);
+
+    // `run` without -d attaches at once, and passes the exit code on.
+    host.open(
+        "c3",
+        &w.client_script(
+            &dir,
+            "c3",
+            &["run", "--", "sh", "-c", "echo ready; read x; exit 3"],
+        ),
+    );
+    host.wait_for("c3", &["ready"]);
+    host.send("c3", &["go", "Enter"]);
+    host.wait_for("c3", &["CLIENT-EXIT 3"]);
+
+    // Nothing runs any more: the box idles out (the VM suspends).
+    w.vm(&dir)
+        .args([
+            "exec",
+            "--",
+            "tmux",
+            "-L",
+            "vibebox",
+            "kill-session",
+            "-t",
+            "=job",
+        ])
+        .assert()
+        .success();
+    let idle = || matches!(session_state(&w, &dir).0.as_str(), "stopped" | "suspended");
+    assert!(eventually(Duration::from_secs(120), idle), "{}", log());
+    if session_state(&w, &dir).0 == "stopped" {
+        // A powered-off box has no terminals, and `ps` does not start it.
+        let out = w.vm(&dir).args(["ps"]).output().unwrap();
+        assert!(stdout(&out).contains("no terminals"), "{}", stdout(&out));
+        assert_eq!(session_state(&w, &dir).0, "stopped");
+    }
+}
+
+both_runtimes!(detachable_terminals);

@@ -16,19 +16,19 @@ use vibebox_supervisor::protocol as control;
 
 /// What `prepare` found: the project, its checked config (and the text it
 /// was parsed from), the real host paths of its mounts, its session.
-struct Prepared {
-    project: Project,
-    config: Config,
-    config_source: String,
-    hosts: Vec<std::path::PathBuf>,
-    entry: SessionEntry,
-    runtime: vibebox_core::explain::RuntimeView,
+pub(crate) struct Prepared {
+    pub(crate) project: Project,
+    pub(crate) config: Config,
+    pub(crate) config_source: String,
+    pub(crate) hosts: Vec<std::path::PathBuf>,
+    pub(crate) entry: SessionEntry,
+    pub(crate) runtime: vibebox_core::explain::RuntimeView,
 }
 
 impl Prepared {
     /// The start plan, made only when a supervisor must be started: it walks
     /// the shares to plan their protections.
-    fn plan(&self, ctx: &Context) -> anyhow::Result<SessionPlan> {
+    pub(crate) fn plan(&self, ctx: &Context) -> anyhow::Result<SessionPlan> {
         // The first line of a start names the runtime and the isolation it gives.
         let isolation = match self.runtime.selected.as_deref() {
             Some("vm") => "a virtual machine with its own kernel",
@@ -62,7 +62,7 @@ impl Prepared {
 
 /// Finds the project, writes the default config when missing, validates the
 /// config, connects the session (creating it when needed) and checks consent.
-fn prepare(ctx: &Context) -> anyhow::Result<Prepared> {
+pub(crate) fn prepare(ctx: &Context) -> anyhow::Result<Prepared> {
     let project = Project::find(&ctx.cwd);
     if !project.has_config() {
         // The default mounts' directories exist before the config that names

@@ -9,6 +9,7 @@ pub mod list;
 pub mod logs;
 pub mod snapshot;
 pub mod store;
+pub mod terminals;
 pub mod trust;
 
 use anyhow::Context as _;

@@ -291,14 +291,7 @@ pub fn restore(
 }
 
 fn shell_quote(p: &Path) -> String {
-    let s = for_terminal(&p.display().to_string());
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
-    {
-        s
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
+    vibebox_core::text::shell_quote(&for_terminal(&p.display().to_string()))
 }
 
 /// `[supervisor] save_on_idle`: the supervisor saves the workspace before the

@@ -230,3 +230,129 @@ pub fn eventually(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bo
     }
     f()
 }
+
+/// Host terminals for tests: each client runs in a session of a private tmux
+/// server (killed on drop), whose screen the test reads and types into.
+pub struct HostTmux {
+    socket: String,
+}
+
+impl HostTmux {
+    /// A new private tmux server; `None` (a skip) when tmux is missing, a
+    /// panic under CI.
+    pub fn new() -> Option<HostTmux> {
+        if !on_path("tmux") {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("tmux is missing under CI (scripts/install-test-deps installs it)");
+            }
+            eprintln!("skipping: tmux is not installed");
+            return None;
+        }
+        Some(HostTmux {
+            socket: format!("vibebox-test-{}-{}", std::process::id(), rand_suffix()),
+        })
+    }
+
+    fn tmux(&self) -> std::process::Command {
+        let mut c = std::process::Command::new("tmux");
+        c.args(["-L", &self.socket, "-f", "/dev/null"]);
+        c
+    }
+
+    /// Opens terminal `name` running `script` (a file written by
+    /// [`World::client_script`]).
+    pub fn open(&self, name: &str, script: &Path) {
+        let ok = self
+            .tmux()
+            .args(["new-session", "-d", "-s", name, "-x", "150", "-y", "40"])
+            .arg(format!("{}; sleep 600", script.display()))
+            .status()
+            .expect("tmux")
+            .success();
+        assert!(ok, "tmux new-session {name}");
+    }
+
+    /// Types `keys` (tmux key names or text) into terminal `name`.
+    pub fn send(&self, name: &str, keys: &[&str]) {
+        let _ = self
+            .tmux()
+            .args(["send-keys", "-t", &format!("={name}:")])
+            .args(keys)
+            .status();
+    }
+
+    /// Waits (bounded) until terminal `name` shows every one of `needles`;
+    /// panics with its screen when it does not.
+    pub fn wait_for(&self, name: &str, needles: &[&str]) {
+        let limit = std::time::Duration::from_secs(120);
+        let seen = || {
+            let s = self.screen(name);
+            needles.iter().all(|n| s.contains(n))
+        };
+        assert!(
+            eventually(limit, seen),
+            "terminal {name} never showed {needles:?}:\n{}",
+            self.screen(name)
+        );
+    }
+
+    /// What terminal `name` shows now (with its scrollback).
+    pub fn screen(&self, name: &str) -> String {
+        let out = self
+            .tmux()
+            .args([
+                "capture-pane",
+                "-p",
+                "-S",
+                "-200",
+                "-t",
+                &format!("={name}:"),
+            ])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for HostTmux {
+    fn drop(&mut self) {
+        let _ = self.tmux().arg("kill-server").status();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish() % 1_000_000
+}
+
+impl World {
+    /// A shell script that runs `vibebox ARGS` in `dir` with this world's
+    /// environment (what a person would type at a terminal).
+    pub fn client_script(&self, dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let q = vibebox_core::text::shell_quote;
+        let exe = assert_cmd::cargo::cargo_bin("vibebox");
+        let mut s = format!(
+            "#!/bin/sh\ncd {}\nexport HOME={} VIBEBOX_HOME={} PATH={}\n",
+            q(&dir.display().to_string()),
+            q(&self.home().display().to_string()),
+            q(&self.vibebox_home().display().to_string()),
+            q(&test_path()),
+        );
+        if let Some(rt) = self.runtime {
+            s.push_str(&format!("export VIBEBOX_RUNTIME={rt}\n"));
+        }
+        let args: Vec<String> = args.iter().map(|a| q(a)).collect();
+        s.push_str(&format!(
+            "{} {}\necho \"CLIENT-EXIT $?\"\n",
+            q(&exe.display().to_string()),
+            args.join(" ")
+        ));
+        let path = self.root().join(format!("{name}.sh"));
+        fs::write(&path, s).expect("write client script");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+}
