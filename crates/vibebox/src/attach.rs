@@ -262,15 +262,3 @@ pub fn ssh_capture(
     let status = child.wait().context("cannot wait for ssh")?;
     Ok((status.code().unwrap_or(255), out))
 }
-
-/// The `Host` block of `vibebox ssh-config`.
-pub fn ssh_config_block(project: &Project, session: &uuid::Uuid, port: u16) -> String {
-    let ssh_dir = project.ssh_dir();
-    format!(
-        "Host vibebox-{name}\n  HostName 127.0.0.1\n  Port {port}\n  User vibecoder\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  StrictHostKeyChecking yes\n  HostKeyAlias {alias}\n  # session {session}\n",
-        name = project.name(),
-        key = ssh::key_path(&ssh_dir).display(),
-        kh = ssh::known_hosts_path(&ssh_dir).display(),
-        alias = ssh::HOST_ALIAS,
-    )
-}

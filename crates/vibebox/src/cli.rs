@@ -95,8 +95,22 @@ pub enum Command {
         #[arg(long, short = 'f')]
         follow: bool,
     },
-    /// Print an SSH Host block for this project's running box (VS Code Remote-SSH, ssh).
-    SshConfig,
+    /// Print an SSH Host block (`vibebox-<project>`) for this project's box,
+    /// for VS Code Remote-SSH, JetBrains Gateway or `ssh`: its ProxyCommand
+    /// starts the box when needed, so it works across stops and restarts.
+    SshConfig {
+        /// Add it to ~/.ssh/config (through an Include of
+        /// ~/.ssh/vibebox/config, a file vibebox manages).
+        #[arg(long)]
+        install: bool,
+    },
+    /// The ProxyCommand of `vibebox ssh-config`: starts the box of DIR when
+    /// needed and relays stdin/stdout to its sshd.
+    SshProxy {
+        /// The project directory.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// Stop this project's box now: suspend it (its processes go on at the
     /// next start), or power it off with --shutdown. The disk stays.
     Stop {

@@ -56,7 +56,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Logs { network, follow }) => {
             commands::logs::run(&ctx, network, follow).map(|()| 0)
         }
-        Some(Command::SshConfig) => commands::connect::ssh_config(&ctx).map(|()| 0),
+        Some(Command::SshConfig { install }) => commands::sshcfg::run(&ctx, install).map(|()| 0),
+        Some(Command::SshProxy { dir }) => commands::sshcfg::proxy(&mut ctx, &dir),
         Some(Command::Stop { shutdown }) => commands::connect::stop(&ctx, shutdown).map(|()| 0),
         Some(Command::Trust { yes }) => commands::trust::run(&ctx, yes).map(|()| 0),
         Some(Command::Save { message, store }) => {

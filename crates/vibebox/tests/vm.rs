@@ -231,6 +231,8 @@ fn session_lifecycle(rt: Rt) {
         .args(["-F"])
         .arg(&config_file)
         .args(["-o", "BatchMode=yes", "vibebox-app", "hostname"])
+        .env("HOME", w.home())
+        .env("PATH", vm::test_path())
         .output()
         .unwrap();
     assert_eq!(
@@ -1570,3 +1572,101 @@ fn detachable_terminals(rt: Rt) {
 }
 
 both_runtimes!(detachable_terminals);
+
+/// `ssh` through the printed (or installed) Host block, as an IDE would:
+/// its ProxyCommand starts a stopped box, holds it while the connection
+/// lives, and the exit code comes back; `--install` keeps the person's
+/// ~/.ssh/config and adds one Include, once.
+fn ssh_entry_starts_a_stopped_box(rt: Rt) {
+    let _serial = lock();
+    if !vm::available_for(rt) {
+        return;
+    }
+    let w = World::with_image_for(rt);
+    let dir = w.project("app");
+    write_config(&dir, "", 500);
+    let ssh = |config: &std::path::Path, line: &str| {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(config)
+            .args(["-o", "BatchMode=yes", "vibebox-app", line])
+            .env("HOME", w.home())
+            .env("PATH", vm::test_path())
+            .env("VIBEBOX_RUNTIME", rt.name())
+            .output()
+            .unwrap()
+    };
+    let block = w.vm(&dir).arg("ssh-config").output().unwrap();
+    assert!(
+        block.status.success(),
+        "{}",
+        String::from_utf8_lossy(&block.stderr)
+    );
+    assert!(
+        stdout(&block).contains("ProxyCommand "),
+        "{}",
+        stdout(&block)
+    );
+    let config = w.root().join("ssh_config");
+    fs::write(&config, &block.stdout).unwrap();
+    assert_eq!(w.list_json(&dir).as_array().map(Vec::len), Some(0));
+    // The box starts for the connection, and stays while it lives (the
+    // grace is half a second; the command takes three).
+    let out = ssh(&config, "sleep 3; hostname; exit 5");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout(&out), "vibebox\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("starting session"));
+    // After a stop, the same block starts it again.
+    w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+    let out = ssh(&config, "echo again");
+    assert_eq!(
+        stdout(&out),
+        "again\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // --install: the person's config is kept, one Include comes first.
+    let user_config = w.home().join(".ssh/config");
+    fs::create_dir_all(user_config.parent().unwrap()).unwrap();
+    fs::write(&user_config, "Host mine\n  HostName example.invalid\n").unwrap();
+    for _ in 0..2 {
+        w.vm(&dir)
+            .args(["ssh-config", "--install"])
+            .assert()
+            .success();
+    }
+    let text = fs::read_to_string(&user_config).unwrap();
+    assert_eq!(text.matches("Include ").count(), 1, "{text}");
+    assert!(
+        text.find("Include ").unwrap() < text.find("Host mine").unwrap(),
+        "{text}"
+    );
+    let managed = fs::read_to_string(w.home().join(".ssh/vibebox/config")).unwrap();
+    assert_eq!(
+        managed.matches("Host vibebox-app\n").count(),
+        1,
+        "{managed}"
+    );
+    assert_eq!(
+        fs::metadata(w.home().join(".ssh/vibebox/config"))
+            .unwrap()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let out = ssh(&user_config, "echo installed");
+    assert_eq!(
+        stdout(&out),
+        "installed\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+both_runtimes!(ssh_entry_starts_a_stopped_box);

@@ -1,4 +1,4 @@
-//! `vibebox` with no command, `vibebox exec`, `vibebox ssh-config`, `vibebox stop`:
+//! `vibebox` with no command, `vibebox exec`, `vibebox stop`:
 //! find or create the project's session, start it when needed, and enter it.
 
 use jiff::Timestamp;
@@ -173,23 +173,6 @@ pub fn exec(ctx: &Context, command: &[String]) -> anyhow::Result<i32> {
         .collect::<Vec<_>>()
         .join(" ");
     attach::run_ssh(project, &attached, Some(format!("exec {line}")))
-}
-
-/// Runs `vibebox ssh-config`.
-pub fn ssh_config(ctx: &Context) -> anyhow::Result<()> {
-    let project = Project::find(&ctx.cwd);
-    let session = project.read_session_id()?;
-    let status = control::status(&project.socket_path());
-    match (session, status.and_then(|s| s.ssh_port)) {
-        (Some(id), Some(port)) => {
-            print!("{}", attach::ssh_config_block(&project, &id, port));
-            Ok(())
-        }
-        _ => Err(hinted(
-            format!("the box of {} is not running", project.dir().display()),
-            "start it with `vibebox` (its SSH port changes at every start)",
-        )),
-    }
 }
 
 /// Runs `vibebox stop [--shutdown]`: suspends the box (its processes go on
