@@ -58,6 +58,9 @@ mode = "allowlist"
 # Domain names (github.com), leading wildcards (*.npmjs.org), optional ports
 # (example.com:443), IP addresses and CIDR blocks (10.0.0.0/8).
 entries = ["github.com", "*.githubusercontent.com", "registry.npmjs.org", "api.anthropic.com"]
+# Ports a server in the box listens on (0.0.0.0) are forwarded to the same port on the host's
+# 127.0.0.1 when it is free (else another; `vibebox ports` lists them). false turns it off.
+# auto_expose = true
 
 # [store]
 # Where `vibebox save` puts the project's saves (git bundles): a directory, or S3.
@@ -113,7 +116,14 @@ impl FromStr for OnIdle {
         }
     }
 }
-const NETWORK_KEYS: &[&str] = &["mode", "entries", "hosts", "expose", "max_connections"];
+const NETWORK_KEYS: &[&str] = &[
+    "mode",
+    "entries",
+    "hosts",
+    "expose",
+    "auto_expose",
+    "max_connections",
+];
 
 /// The default cap on a session's concurrent network connections.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
@@ -182,6 +192,8 @@ pub struct NetworkConfig {
     pub hosts: std::collections::BTreeMap<String, std::net::IpAddr>,
     /// Guest ports reachable from the host's loopback: (host port, guest port).
     pub expose: Vec<(u16, u16)>,
+    /// Forward the TCP ports the box listens on to the host's loopback.
+    pub auto_expose: bool,
     /// The most connections open at once (beyond it: a reset).
     pub max_connections: u32,
 }
@@ -196,6 +208,7 @@ impl Default for NetworkConfig {
                 .collect(),
             hosts: Default::default(),
             expose: Vec::new(),
+            auto_expose: true,
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
@@ -341,6 +354,21 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    fn boolean(&mut self, table: &Table, section: &str, key: &str) -> Option<bool> {
+        let item = table.get(key)?;
+        let b = item.as_bool();
+        if b.is_none() {
+            let found = type_name(item);
+            self.problem(
+                item.span(),
+                &format!("{section}.{key}"),
+                format!("expected a boolean, found {found}"),
+                "allowed: true or false",
+            );
+        }
+        b
     }
 
     fn integer(
@@ -601,19 +629,8 @@ impl Config {
             if let Some(v) = c.choice(t, "supervisor", "on_idle", OnIdle::ALLOWED) {
                 config.on_idle = v;
             }
-            if let Some(item) = t.get("save_on_idle") {
-                match item.as_bool() {
-                    Some(b) => config.save_on_idle = b,
-                    None => {
-                        let found = type_name(item);
-                        c.problem(
-                            item.span(),
-                            "supervisor.save_on_idle",
-                            format!("expected a boolean, found {found}"),
-                            "allowed: true or false",
-                        );
-                    }
-                }
+            if let Some(b) = c.boolean(t, "supervisor", "save_on_idle") {
+                config.save_on_idle = b;
             }
         }
 
@@ -647,6 +664,9 @@ impl Config {
             c.unknown_keys(t, "network", NETWORK_KEYS);
             if let Some(m) = c.choice(t, "network", "mode", NetworkMode::ALLOWED) {
                 config.network.mode = m;
+            }
+            if let Some(b) = c.boolean(t, "network", "auto_expose") {
+                config.network.auto_expose = b;
             }
             if let Some(n) = c.integer(t, "network", "max_connections", 1..65_537) {
                 config.network.max_connections = n as u32;
@@ -987,6 +1007,19 @@ mod tests {
         assert_eq!(c.on_idle, OnIdle::Shutdown);
         let p = one_problem("[supervisor]\non_idle = \"hibernate\"\n");
         assert_eq!(p.key.as_deref(), Some("supervisor.on_idle"));
+    }
+
+    #[test]
+    fn auto_expose_is_on_unless_turned_off() {
+        assert!(Config::default().network.auto_expose);
+        assert!(
+            !parse("[network]\nauto_expose = false\n")
+                .unwrap()
+                .network
+                .auto_expose
+        );
+        let p = one_problem("[network]\nauto_expose = \"no\"\n");
+        assert_eq!(p.key.as_deref(), Some("network.auto_expose"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`image`]: base image names (one rule) and their directories;
 //! - [`mounts`]: `host:guest[:mode]` strings and their resolution;
 //! - [`plan`]: the session plan, resolved once and handed to the supervisor;
+//! - [`ports`]: the box's listening ports, and which the host forwards;
 //! - [`policy`]: network modes and entries;
 //! - [`index`]: the global session index, written atomically under a lock;
 //! - [`project`]: a project's directory and `.vibebox/` layout;
@@ -30,6 +31,7 @@ pub mod index;
 pub mod mounts;
 pub mod plan;
 pub mod policy;
+pub mod ports;
 pub mod project;
 pub mod protect;
 pub mod runtime;

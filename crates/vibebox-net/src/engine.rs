@@ -175,6 +175,42 @@ struct Conn {
     down: u64,
 }
 
+/// Forwards that change while the engine runs (ports the box starts
+/// listening on): the supervisor sets the list, every engine of the session
+/// picks it up at its next turn. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct DynamicForwards(std::sync::Arc<std::sync::Mutex<(u64, ForwardList)>>);
+
+/// Host listeners, each with the guest port it forwards to.
+type ForwardList = Vec<(std::net::TcpListener, u16)>;
+
+impl DynamicForwards {
+    /// Replaces the list: each host listener (on the host's loopback) with the
+    /// guest port it forwards to. A listener left out is closed once no
+    /// engine holds it (connections already made go on).
+    pub fn set(&self, forwards: Vec<(std::net::TcpListener, u16)>) {
+        for (l, _) in &forwards {
+            let _ = l.set_nonblocking(true);
+        }
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        g.1 = forwards;
+    }
+
+    /// The list's version, and copies of its listeners when it is not `seen`.
+    fn changed(&self, seen: u64) -> Option<(u64, ForwardList)> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 == seen {
+            return None;
+        }
+        let copies =
+            g.1.iter()
+                .filter_map(|(l, p)| l.try_clone().ok().map(|l| (l, *p)))
+                .collect();
+        Some((g.0, copies))
+    }
+}
+
 /// The engine of one session.
 pub struct Engine {
     cfg: EngineConfig,
@@ -185,6 +221,9 @@ pub struct Engine {
     dns: SocketHandle,
     conns: Vec<Conn>,
     forwards: Vec<(std::net::TcpListener, u16)>,
+    /// How many of `forwards` are the fixed ones (the rest are dynamic).
+    fixed_forwards: usize,
+    dynamic: Option<(DynamicForwards, u64)>,
     next_local_port: u16,
     log: RateLimitedLog,
     resolver: Resolver,
@@ -249,6 +288,8 @@ impl Engine {
             dns,
             conns: Vec::new(),
             forwards: Vec::new(),
+            fixed_forwards: 0,
+            dynamic: None,
             next_local_port: 49152,
             log: RateLimitedLog::new(log),
             epoch,
@@ -261,8 +302,27 @@ impl Engine {
         for (l, _) in &forwards {
             let _ = l.set_nonblocking(true);
         }
+        self.fixed_forwards = forwards.len();
         self.forwards = forwards;
         self
+    }
+
+    /// Also forwards what `dynamic` lists, as it changes.
+    pub fn with_dynamic_forwards(mut self, dynamic: DynamicForwards) -> Engine {
+        self.dynamic = Some((dynamic, u64::MAX));
+        self
+    }
+
+    /// Takes up a changed dynamic list.
+    fn refresh_forwards(&mut self) {
+        let Some((dynamic, seen)) = &mut self.dynamic else {
+            return;
+        };
+        if let Some((version, copies)) = dynamic.changed(*seen) {
+            *seen = version;
+            self.forwards.truncate(self.fixed_forwards);
+            self.forwards.extend(copies);
+        }
     }
 
     /// Accepts pending host connections of the forwards; returns whether any came.
@@ -755,6 +815,7 @@ impl Engine {
                 self.inspect(&frame);
                 self.device.rx.push_back(frame);
             }
+            self.refresh_forwards();
             activity |= self.accept_forwards();
             let now = self.now();
             self.iface.poll(now, &mut self.device, &mut self.sockets);

@@ -19,6 +19,7 @@
 pub mod error;
 pub mod guest;
 pub mod lease;
+pub mod ports;
 pub mod protocol;
 pub mod rundir;
 pub mod select;

@@ -77,6 +77,27 @@ pub struct Status {
     /// What the supervisor is doing or why it failed.
     #[serde(default)]
     pub detail: Option<String>,
+    /// The box's ports reachable from the host: `[network] expose` and the
+    /// ones forwarded automatically, and those it cannot forward.
+    #[serde(default)]
+    pub ports: Vec<Forward>,
+}
+
+/// A guest port and how the host reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// The port in the box.
+    pub guest: u16,
+    /// The port on the host's 127.0.0.1; `None` when it is not forwarded.
+    pub host: Option<u16>,
+    /// `config` (`[network] expose`) or `auto`.
+    pub source: String,
+    /// The process listening in the box (escaped), when known.
+    #[serde(default)]
+    pub process: Option<String>,
+    /// Why it is not forwarded.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// The longest line either side reads: a status is a few hundred bytes.
@@ -111,6 +132,18 @@ pub struct Attachment {
     reader: BufReader<UnixStream>,
 }
 
+/// An attachment whose statuses a thread reads: the reference is held until
+/// this is dropped (which also ends the thread).
+pub struct Following {
+    stream: UnixStream,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 impl Attachment {
     /// Attaches to the supervisor at `socket`.
     pub fn connect(socket: &Path) -> std::io::Result<Attachment> {
@@ -118,6 +151,21 @@ impl Attachment {
         Ok(Attachment {
             reader: BufReader::new(stream),
         })
+    }
+
+    /// Hands every later status to `f`, on a thread of its own, until the
+    /// supervisor hangs up or the returned [`Following`] is dropped.
+    pub fn follow(
+        mut self,
+        mut f: impl FnMut(Status) + Send + 'static,
+    ) -> std::io::Result<Following> {
+        let stream = self.reader.get_ref().try_clone()?;
+        std::thread::spawn(move || {
+            while let Some(status) = self.next_status() {
+                f(status);
+            }
+        });
+        Ok(Following { stream })
     }
 
     /// The next status the supervisor sends (blocks); `None` when it hung up.
@@ -170,6 +218,13 @@ mod tests {
             ssh_port: Some(2222),
             pid: None,
             detail: None,
+            ports: vec![Forward {
+                guest: 8000,
+                host: Some(8000),
+                source: "auto".into(),
+                process: Some("python3".into()),
+                note: None,
+            }],
         };
         let text = serde_json::to_string(&s).unwrap();
         assert!(text.contains(r#""state":"running""#), "{text}");

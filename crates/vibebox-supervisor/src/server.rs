@@ -51,6 +51,7 @@ impl Server {
                         ssh_port: None,
                         pid: Some(pid),
                         detail: None,
+                        ports: Vec::new(),
                     },
                     stop: None,
                     lease: Lease::new(grace, Instant::now()),

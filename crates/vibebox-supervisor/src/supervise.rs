@@ -64,6 +64,7 @@ fn start_engine(
     config: &Config,
     network: &NetworkEndpoint,
     ssh: std::net::TcpListener,
+    dynamic: engine::DynamicForwards,
 ) -> Result<(), SupervisorError> {
     let streams = UnixListener::bind(&network.socket)
         .because(|| format!("cannot listen on {}", network.socket.display()))?;
@@ -105,7 +106,8 @@ fn start_engine(
                     let _ = log.write_line(&e.to_line());
                 }),
             )
-            .with_forwards(forwards),
+            .with_forwards(forwards)
+            .with_dynamic_forwards(dynamic.clone()),
         )
     });
     let make = new_engine.clone();
@@ -230,6 +232,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     ));
     let run_dir = run_dir(&session)?;
     let _ = fs::remove_dir_all(&run_dir);
+    let dynamic = engine::DynamicForwards::default();
     let started = (|| -> Result<(Box<dyn Machine>, Tied), SupervisorError> {
         use std::os::unix::fs::DirBuilderExt;
         fs::DirBuilder::new()
@@ -254,7 +257,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             prefix: engine::PREFIX,
             gateway: engine::GATEWAY,
         };
-        start_engine(&project, &config, &network, ssh_listener)?;
+        start_engine(&project, &config, &network, ssh_listener, dynamic.clone())?;
         let request = StartRequest {
             plan,
             config: &config,
@@ -303,6 +306,17 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         &run_dir,
     );
     let mut held_by_terminal = false;
+    let stop_watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::ports::PortWatch {
+        guest: guest.clone(),
+        server: state.clone(),
+        forwards: dynamic.clone(),
+        fixed: config.network.expose.clone(),
+        auto: config.network.auto_expose,
+        stop: stop_watching.clone(),
+        log: std::sync::Arc::new(|m: &str| eprintln!("[{}] {m}", jiff::Timestamp::now())),
+    }
+    .start();
     // Suspend (the default) or power off, as asked or as `on_idle` says;
     // `None` once the machine ended by itself.
     let suspend = loop {
@@ -336,6 +350,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         }
     };
     // Clients that arrive now see "stopping" and wait for the socket to go.
+    stop_watching.store(true, std::sync::atomic::Ordering::Relaxed);
     state.set_state(SessionState::Stopping);
     if config.save_on_idle {
         if let Some(hook) = &host.save {

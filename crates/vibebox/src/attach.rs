@@ -17,10 +17,20 @@ use crate::error::hinted;
 use crate::plan::SessionPlan;
 use vibebox_supervisor::protocol::{self as control, Attachment, SessionState, Status};
 
+/// A client's reference: plain, or followed by a thread (for notices).
+pub enum Reference {
+    /// Held, not read.
+    Held(Attachment),
+    /// Read by a thread that prints notices (held for its `Drop`).
+    Followed(#[allow(dead_code)] control::Following),
+    /// Released.
+    None,
+}
+
 /// A live reference to a running session.
 pub struct Attached {
     /// Held for as long as the client lives; dropping it releases the reference.
-    pub _reference: Attachment,
+    pub reference: Reference,
     /// The status when the session became ready.
     pub status: Status,
     /// The session id.
@@ -136,7 +146,7 @@ pub fn ensure_running(
             match status.state {
                 SessionState::Running => {
                     return Ok(Attached {
-                        _reference: attachment,
+                        reference: Reference::Held(attachment),
                         status,
                         session,
                     })
@@ -158,6 +168,34 @@ pub fn ensure_running(
                     }
                 }
             }
+        }
+    }
+}
+
+impl Attached {
+    /// From now on, tells the person at this terminal (one line on stderr)
+    /// when a port of the box becomes reachable from the host, or stops
+    /// being; the ports already forwarded are told at once.
+    pub fn notify_ports(&mut self) {
+        let mut seen = self.status.ports.clone();
+        for f in &seen {
+            eprintln!("vibebox: {}", crate::commands::ports::describe(f));
+        }
+        let Reference::Held(a) = std::mem::replace(&mut self.reference, Reference::None) else {
+            return;
+        };
+        let follow = a.follow(move |status| {
+            for f in status.ports.iter().filter(|f| !seen.contains(f)) {
+                // The terminal may be in raw mode (an ssh session): \r\n.
+                eprint!("\r\nvibebox: {}\r\n", crate::commands::ports::describe(f));
+            }
+            for f in seen.iter().filter(|f| f.host.is_some() && !status.ports.iter().any(|n| n.guest == f.guest)) {
+                eprint!("\r\nvibebox: port {} in the box is closed; 127.0.0.1:{} is no longer forwarded\r\n", f.guest, f.host.unwrap_or_default());
+            }
+            seen = status.ports;
+        });
+        if let Ok(following) = follow {
+            self.reference = Reference::Followed(following);
         }
     }
 }

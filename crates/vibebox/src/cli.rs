@@ -85,6 +85,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the box's ports reachable from the host's 127.0.0.1: those of
+    /// `[network] expose`, and those forwarded automatically because a
+    /// process in the box listens on them (`[network] auto_expose`).
+    Ports {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show this project's logs: the supervisor's, or with --network every
     /// network decision (one JSON object a line).
     Logs {

@@ -52,6 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             command,
         }) => commands::terminals::run(&ctx, detach, name, &command),
         Some(Command::Attach { name }) => commands::terminals::attach(&ctx, &name),
+        Some(Command::Ports { json }) => commands::ports::run(&ctx, json).map(|()| 0),
         Some(Command::Ps { json }) => commands::terminals::ps(&ctx, json).map(|()| 0),
         Some(Command::Logs { network, follow }) => {
             commands::logs::run(&ctx, network, follow).map(|()| 0)

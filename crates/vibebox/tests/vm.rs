@@ -1670,3 +1670,195 @@ fn ssh_entry_starts_a_stopped_box(rt: Rt) {
 }
 
 both_runtimes!(ssh_entry_starts_a_stopped_box);
+
+fn ports(w: &World, dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = w.vm(dir).args(["ports", "--json"]).output().unwrap();
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn port(w: &World, dir: &std::path::Path, guest: u16) -> Option<serde_json::Value> {
+    ports(w, dir).into_iter().find(|p| p["guest"] == guest)
+}
+
+/// Starts `python3 -m http.server PORT` in a detached terminal of the box.
+fn serve_detached(w: &World, dir: &std::path::Path, name: &str, port: u16) {
+    w.vm(dir)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+        ])
+        .arg(port.to_string())
+        .assert()
+        .success();
+}
+
+/// A port free on the host now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP GET of `/` on the host's 127.0.0.1:`port`: the reply, or "".
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// Automatic port forwards: a server the box starts on 0.0.0.0 is reachable
+/// on the same host port within seconds (another one when that is taken on
+/// the host, or privileged), named in `ports` with its process, announced to
+/// an attached terminal, and gone when the server stops; a server on the
+/// box's loopback is listed as not forwarded; a box cannot take more than
+/// 32 host ports; `auto_expose = false` forwards nothing.
+fn ports_are_forwarded_automatically(rt: Rt) {
+    let _serial = lock();
+    if !vm::available_for(rt) {
+        return;
+    }
+    let Some(host) = vm::HostTmux::new() else {
+        return;
+    };
+    let w = World::with_image_for(rt);
+    let dir = w.project("web");
+    write_config(&dir, "", 1000);
+    // A terminal attached to the box hears of new ports.
+    host.open("c1", &w.client_script(&dir, "c1", &[]));
+    assert!(
+        eventually(Duration::from_secs(180), || session_state(&w, &dir).0
+            == "running"),
+        "{}",
+        host.screen("c1")
+    );
+    let p = free_port();
+    serve_detached(&w, &dir, "web", p);
+    assert!(
+        eventually(Duration::from_secs(60), || port(&w, &dir, p)
+            .is_some_and(|f| f["host"] == p)),
+        "{:?}",
+        ports(&w, &dir)
+    );
+    let f = port(&w, &dir, p).unwrap();
+    assert_eq!(f["source"], "auto", "{f}");
+    assert_eq!(f["process"], "python3", "{f}");
+    assert!(http_get(p).contains("Directory listing"), "{}", http_get(p));
+    host.wait_for(
+        "c1",
+        &[&format!(
+            "port {p} (python3) in the box is http://127.0.0.1:{p}"
+        )],
+    );
+
+    // Taken on the host, or privileged: another host port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let q = taken.local_addr().unwrap().port();
+    let script = format!(
+        "python3 -m http.server {q} & sudo python3 -m http.server 80 & \
+         python3 -m http.server --bind 127.0.0.1 {lo} & wait",
+        lo = p + 1
+    );
+    w.vm(&dir)
+        .args(["run", "-d", "--name", "more", "--", "sh", "-c", &script])
+        .assert()
+        .success();
+    let forwarded = |g: u16| port(&w, &dir, g).and_then(|f| f["host"].as_u64());
+    assert!(
+        eventually(Duration::from_secs(60), || forwarded(q).is_some()
+            && forwarded(80).is_some()
+            && port(&w, &dir, p + 1).is_some()),
+        "{:?}",
+        ports(&w, &dir)
+    );
+    let hq = forwarded(q).unwrap() as u16;
+    assert_ne!(hq, q);
+    assert!(http_get(hq).contains("Directory listing"));
+    assert!(forwarded(80).unwrap() >= 1024);
+    let lo = port(&w, &dir, p + 1).unwrap();
+    assert!(lo["host"].is_null(), "{lo}");
+    assert!(lo["note"].as_str().unwrap().contains("127.0.0.1"), "{lo}");
+    drop(taken);
+
+    // The server stops: so does its forward.
+    w.vm(&dir)
+        .args([
+            "exec",
+            "--",
+            "tmux",
+            "-L",
+            "vibebox",
+            "kill-session",
+            "-t",
+            "=web",
+        ])
+        .assert()
+        .success();
+    assert!(
+        eventually(Duration::from_secs(60), || port(&w, &dir, p).is_none()),
+        "{:?}",
+        ports(&w, &dir)
+    );
+    assert!(http_get(p).is_empty());
+
+    // A box that listens on 40 ports gets 32 forwarded.
+    let flood = "import socket, time\nkeep = []\nfor i in range(40):\n    s = socket.socket()\n    s.bind(('0.0.0.0', 0))\n    s.listen()\n    keep.append(s)\ntime.sleep(600)\n";
+    fs::write(dir.join("flood.py"), flood).unwrap();
+    w.vm(&dir)
+        .args(["run", "-d", "--name", "flood", "--", "python3", "flood.py"])
+        .assert()
+        .success();
+    let auto = || {
+        ports(&w, &dir)
+            .iter()
+            .filter(|f| f["source"] == "auto" && !f["host"].is_null())
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || auto() == 32),
+        "{}",
+        auto()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(auto(), 32);
+    drop(host);
+    w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+
+    // auto_expose = false: nothing is forwarded.
+    let off = w.project("off");
+    fs::write(
+        off.join("vibebox.toml"),
+        "[box]\nmounts = []\n[supervisor]\nauto_shutdown_ms = 1000\n[network]\nauto_expose = false\n",
+    )
+    .unwrap();
+    let r = free_port();
+    serve_detached(&w, &off, "web", r);
+    run_script(
+        &w,
+        &off,
+        &format!(
+            "for i in $(seq 100); do ss -Hltn | grep -q :{r} && break; sleep 0.2; done; echo done"
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(ports(&w, &off).is_empty(), "{:?}", ports(&w, &off));
+    assert!(http_get(r).is_empty());
+}
+
+both_runtimes!(ports_are_forwarded_automatically);

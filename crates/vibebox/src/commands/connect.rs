@@ -1,6 +1,8 @@
 //! `vibebox` with no command, `vibebox exec`, `vibebox stop`:
 //! find or create the project's session, start it when needed, and enter it.
 
+use std::io::IsTerminal;
+
 use jiff::Timestamp;
 use vibebox_core::config::Config;
 use vibebox_core::index::SessionEntry;
@@ -129,7 +131,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<i32> {
     loop {
         let p = prepare(ctx)?;
         let (project, entry) = (&p.project, &p.entry);
-        let attached = attach::ensure_running(ctx, project, &p.config, entry.id, &|| p.plan(ctx))?;
+        let mut attached =
+            attach::ensure_running(ctx, project, &p.config, entry.id, &|| p.plan(ctx))?;
+        if std::io::stdin().is_terminal() {
+            attached.notify_ports();
+        }
         let code = attach::run_ssh(project, &attached, None)?;
         drop(attached);
         if code != NEW_SESSION_CODE {

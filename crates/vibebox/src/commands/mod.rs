@@ -7,6 +7,7 @@ pub mod image;
 pub mod init;
 pub mod list;
 pub mod logs;
+pub mod ports;
 pub mod snapshot;
 pub mod sshcfg;
 pub mod store;

@@ -62,7 +62,7 @@ pub fn run(
             "start it detached with `vibebox run -d -- CMD`, then `vibebox attach NAME` from a terminal",
         ));
     }
-    let (p, attached) = start(ctx)?;
+    let (p, mut attached) = start(ctx)?;
     let project = &p.project;
     let name = match name {
         Some(n) => n,
@@ -81,6 +81,7 @@ pub fn run(
         let (code, _) = attach::ssh_capture(project, &attached, &line, LIST_LIMIT)?;
         code
     } else {
+        attached.notify_ports();
         attach::run_ssh_tty(project, &attached, &line)?
     };
     if code == boxterm::EXISTS_CODE {
@@ -136,7 +137,7 @@ pub fn attach(ctx: &Context, name: &TermName) -> anyhow::Result<i32> {
             "run it in a terminal; `vibebox ps` lists the terminals",
         ));
     }
-    let Some((p, attached)) = running(ctx)? else {
+    let Some((p, mut attached)) = running(ctx)? else {
         return Err(hinted(
             format!(
                 "no terminal {name}: the box of {} is not running",
@@ -157,6 +158,7 @@ pub fn attach(ctx: &Context, name: &TermName) -> anyhow::Result<i32> {
             },
         ));
     }
+    attached.notify_ports();
     attach::run_ssh_tty(&p.project, &attached, &boxterm::attach_line(name))?;
     finished_or_left(&p.project, &attached, name)
 }
