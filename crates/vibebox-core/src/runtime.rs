@@ -78,6 +78,9 @@ pub trait Machine: Send {
     /// Shuts the machine down cleanly (and forcibly after a while), and
     /// everything it started. A suspended state, if any, is discarded.
     fn shutdown(self: Box<Self>, events: &mut dyn StartEvents);
+    /// The project directory moved to `dir` while the machine runs: what the
+    /// machine writes later (a suspended state) goes there.
+    fn moved(&mut self, _dir: &std::path::Path) {}
     /// Saves the machine (memory, devices, processes) so that the next start
     /// resumes it, and stops it. On failure the machine is powered off
     /// instead, and the error says why.

@@ -107,6 +107,45 @@ pub fn connect(
     })
 }
 
+/// Makes the index follow a project that moved, without creating anything:
+/// when `project` holds a session whose index entry names another directory
+/// (which no longer holds that session: a copy is not a move), or whose entry
+/// was dropped (the index drops entries whose `.vibebox/` is gone), the
+/// entry gets this directory. Returns whether the index changed.
+pub fn follow_move(index: &Index, project: &Project, now: Timestamp) -> Result<bool, SessionError> {
+    let Some(id) = project.read_session_id()? else {
+        return Ok(false);
+    };
+    let dir = project.dir().to_path_buf();
+    if dir.to_str().is_none() {
+        return Err(SessionError::NonUtf8Path(dir));
+    }
+    index.update(|entries| {
+        if let Some(e) = entries.iter().find(|e| e.id == id) {
+            if e.directory == dir {
+                return Ok(false);
+            }
+            if Project::at(&e.directory).read_session_id().ok().flatten() == Some(id) {
+                // Still there: this directory is a copy; a start gives it its own.
+                return Ok(false);
+            }
+        }
+        let (created, last_active) = entries
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| (e.created, e.last_active))
+            .unwrap_or((now, now));
+        entries.retain(|e| e.id != id && e.directory != dir);
+        entries.push(SessionEntry {
+            id,
+            directory: dir.clone(),
+            created,
+            last_active,
+        });
+        Ok(true)
+    })
+}
+
 /// Which sessions an id prefix names.
 pub fn match_prefix<'a>(entries: &'a [SessionEntry], prefix: &str) -> Vec<&'a SessionEntry> {
     let prefix = prefix.to_ascii_lowercase();
@@ -147,6 +186,55 @@ mod tests {
         assert_eq!(b.last_active, later);
         assert_eq!(b.created, a.created);
         assert_eq!(index.read().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_index_follows_a_move_but_not_a_copy() {
+        let (root, index, proj) = setup();
+        let (a, _) = connect(&index, &Project::at(&proj), Timestamp::now()).unwrap();
+        // Nothing to follow: same directory, or no session.
+        assert_eq!(
+            follow_move(&index, &Project::at(&proj), Timestamp::now()).unwrap(),
+            false
+        );
+        let bare = root.path().join("bare");
+        fs::create_dir(&bare).unwrap();
+        assert_eq!(
+            follow_move(&index, &Project::at(&bare), Timestamp::now()).unwrap(),
+            false
+        );
+        assert!(!bare.join(".vibebox").exists());
+        // A copy is not a move.
+        let copy = root.path().join("copy");
+        fs::create_dir_all(copy.join(".vibebox")).unwrap();
+        fs::copy(
+            proj.join(".vibebox/session.toml"),
+            copy.join(".vibebox/session.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            follow_move(&index, &Project::at(&copy), Timestamp::now()).unwrap(),
+            false
+        );
+        assert_eq!(index.read().unwrap()[0].directory, proj);
+        fs::remove_dir_all(&copy).unwrap();
+        // A move is followed.
+        let moved = root.path().join("moved");
+        fs::rename(&proj, &moved).unwrap();
+        assert!(follow_move(&index, &Project::at(&moved), Timestamp::now()).unwrap());
+        let entries = index.read().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].id, &entries[0].directory), (a.id, &moved));
+        // A dropped entry is registered again.
+        index
+            .update(|e| {
+                e.clear();
+                Ok::<_, SessionError>(())
+            })
+            .unwrap();
+        assert!(follow_move(&index, &Project::at(&moved), Timestamp::now()).unwrap());
+        assert_eq!(index.read().unwrap()[0].id, a.id);
+        assert!(!follow_move(&index, &Project::at(&moved), Timestamp::now()).unwrap());
     }
 
     #[test]

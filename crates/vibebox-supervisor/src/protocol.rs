@@ -81,6 +81,10 @@ pub struct Status {
     /// ones forwarded automatically, and those it cannot forward.
     #[serde(default)]
     pub ports: Vec<Forward>,
+    /// Where the project is in the box (fixed at the start: it stays when
+    /// the project's directory moves on the host).
+    #[serde(default)]
+    pub guest_dir: Option<String>,
 }
 
 /// A guest port and how the host reaches it.
@@ -225,6 +229,7 @@ mod tests {
                 process: Some("python3".into()),
                 note: None,
             }],
+            guest_dir: Some("/home/vibecoder/app".into()),
         };
         let text = serde_json::to_string(&s).unwrap();
         assert!(text.contains(r#""state":"running""#), "{text}");

@@ -52,6 +52,7 @@ impl Server {
                         pid: Some(pid),
                         detail: None,
                         ports: Vec::new(),
+                        guest_dir: None,
                     },
                     stop: None,
                     lease: Lease::new(grace, Instant::now()),

@@ -157,6 +157,58 @@ fn start_ssh_master(project: &Project, run_dir: &Path, port: u16) -> Result<Tied
     Ok(children.remove(0))
 }
 
+/// Holds the project directory open and looks every 2 s where it is now:
+/// when it moved, the index follows (`vibebox list` shows the new place at
+/// once). Returns where it is, kept current.
+fn follow_moves(
+    project: &Project,
+    vibebox_home: &Path,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::sync::Arc<std::sync::Mutex<PathBuf>> {
+    use rustix::fs::{Mode, OFlags};
+    let here = std::sync::Arc::new(std::sync::Mutex::new(project.dir().to_path_buf()));
+    let Ok(fd) = rustix::fs::open(
+        project.dir(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return here;
+    };
+    let index = vibebox_core::index::Index::new(vibebox_home);
+    let shared = here.clone();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(2));
+            let Ok(now) = fs::read_link(&link) else {
+                continue;
+            };
+            let mut last = shared.lock().unwrap_or_else(|e| e.into_inner());
+            // A deleted directory reads as "<path> (deleted)": nothing to follow.
+            if now == *last || !now.is_dir() {
+                continue;
+            }
+            let moved = Project::at(&now);
+            match vibebox_core::session::follow_move(&index, &moved, jiff::Timestamp::now()) {
+                Ok(_) => eprintln!(
+                    "[{}] the project moved from {} to {}: the index follows",
+                    jiff::Timestamp::now(),
+                    last.display(),
+                    now.display()
+                ),
+                Err(e) => eprintln!(
+                    "[{}] the project moved to {}, but the index cannot follow: {e}",
+                    jiff::Timestamp::now(),
+                    now.display()
+                ),
+            }
+            *last = now;
+        }
+    });
+    here
+}
+
 /// What runs when a session stops and its config says `save_on_idle`:
 /// saves the workspace of the plan's project, telling the log how it went.
 #[derive(Clone)]
@@ -280,7 +332,11 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             }
         };
         events.log("the shared SSH connection is open");
-        state.update(|s| s.status.ssh_port = Some(ssh_port));
+        let guest_dir = vibebox_core::mounts::project_guest_path(project.dir());
+        state.update(|s| {
+            s.status.ssh_port = Some(ssh_port);
+            s.status.guest_dir = Some(guest_dir);
+        });
         Ok((machine, master))
     })();
     let (mut machine, master) = match started {
@@ -307,6 +363,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     );
     let mut held_by_terminal = false;
     let stop_watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let here = follow_moves(&project, &host.vibebox_home, stop_watching.clone());
     crate::ports::PortWatch {
         guest: guest.clone(),
         server: state.clone(),
@@ -319,8 +376,14 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     .start();
     // Suspend (the default) or power off, as asked or as `on_idle` says;
     // `None` once the machine ended by itself.
+    let mut seen_at = project.dir().to_path_buf();
     let suspend = loop {
         std::thread::sleep(Duration::from_millis(100));
+        let now_at = here.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if now_at != seen_at {
+            machine.moved(&now_at);
+            seen_at = now_at;
+        }
         if let Some(how) = machine.exited() {
             log(&how);
             break None;
@@ -372,6 +435,9 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     }
     let _ = fs::remove_dir_all(&run_dir);
     let _ = fs::remove_file(&socket);
+    // The project may have moved since (the socket file moved with it).
+    let now_at = Project::at(&here.lock().unwrap_or_else(|e| e.into_inner()));
+    let _ = fs::remove_file(now_at.socket_path());
     log("stopped");
     drop(lock);
     Ok(())

@@ -696,6 +696,10 @@ impl RunningMachine for VmMachine {
         self.saved.discard();
     }
 
+    fn moved(&mut self, dir: &Path) {
+        self.saved.dir = Project::at(dir).state_dir().join("state");
+    }
+
     fn suspend(mut self: Box<Self>, events: &mut dyn StartEvents) -> Result<(), RuntimeError> {
         events.log("suspending: saving the devices (the memory is already in its file)");
         let tmp = self.saved.dev_state().with_extension("tmp");

@@ -173,6 +173,15 @@ pub fn ensure_running(
 }
 
 impl Attached {
+    /// Where the project is in the box: where it was when the box started
+    /// (the directory may have moved on the host since).
+    pub fn guest_dir(&self, project: &Project) -> String {
+        self.status
+            .guest_dir
+            .clone()
+            .unwrap_or_else(|| project_guest_path(project.dir()))
+    }
+
     /// From now on, tells the person at this terminal (one line on stderr)
     /// when a port of the box becomes reachable from the host, or stops
     /// being; the ports already forwarded are told at once.
@@ -224,7 +233,7 @@ pub fn run_ssh(
         .ssh_port
         .ok_or_else(|| anyhow::anyhow!("the supervisor did not report an SSH port"))?;
     let mut cmd = ssh_command(project, &attached.session, port);
-    let dir = shell_quote(&project_guest_path(project.dir()));
+    let dir = shell_quote(&attached.guest_dir(project));
     match remote {
         None => {
             if std::io::stdin().is_terminal() {
@@ -254,7 +263,7 @@ pub fn run_ssh_tty(project: &Project, attached: &Attached, line: &str) -> anyhow
         .status
         .ssh_port
         .ok_or_else(|| anyhow::anyhow!("the supervisor did not report an SSH port"))?;
-    let dir = shell_quote(&project_guest_path(project.dir()));
+    let dir = shell_quote(&attached.guest_dir(project));
     let status = ssh_command(project, &attached.session, port)
         .arg("-t")
         .arg("vibecoder@127.0.0.1")
@@ -278,7 +287,7 @@ pub fn ssh_capture(
         .status
         .ssh_port
         .ok_or_else(|| anyhow::anyhow!("the supervisor did not report an SSH port"))?;
-    let dir = shell_quote(&project_guest_path(project.dir()));
+    let dir = shell_quote(&attached.guest_dir(project));
     let mut child = ssh_command(project, &attached.session, port)
         .arg("-T")
         .arg("vibecoder@127.0.0.1")

@@ -35,6 +35,21 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     let mut ctx = context::Context::from_env()?;
     ctx.runtime = cli.runtime;
+    // A command run in a project that moved makes the index follow it.
+    let in_project = !matches!(
+        cli.command,
+        Some(Command::List { .. })
+            | Some(Command::Delete { .. })
+            | Some(Command::Image { .. })
+            | Some(Command::Supervise { .. })
+            | Some(Command::SshProxy { .. })
+    );
+    if in_project {
+        follow_move(&ctx, &ctx.cwd);
+    }
+    if let Some(Command::SshProxy { dir }) = &cli.command {
+        follow_move(&ctx, dir);
+    }
     match cli.command {
         None => commands::connect::run(&ctx),
         Some(Command::Init) => commands::init::run(&ctx).map(|()| 0),
@@ -74,6 +89,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Completions { .. })
         | Some(Command::KvmProbe)
         | Some(Command::ContainerStage { .. }) => Ok(0),
+    }
+}
+
+/// Makes the index follow the project at `dir` if it moved (best effort: a
+/// failure is said, and the command goes on).
+fn follow_move(ctx: &context::Context, dir: &std::path::Path) {
+    let project = vibebox_core::project::Project::find(dir);
+    if let Err(e) = vibebox_core::session::follow_move(&ctx.index, &project, jiff::Timestamp::now())
+    {
+        eprintln!("vibebox: warning: cannot update the session index: {e}");
     }
 }
 

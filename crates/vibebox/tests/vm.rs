@@ -1862,3 +1862,78 @@ fn ports_are_forwarded_automatically(rt: Rt) {
 }
 
 both_runtimes!(ports_are_forwarded_automatically);
+
+/// The index follows a moved project: a running box notices at once (its
+/// supervisor holds the directory open) and keeps working from the new
+/// place; a stopped one is registered again by any command run there.
+fn moving_a_project_keeps_its_session(rt: Rt) {
+    let _serial = lock();
+    if !vm::available_for(rt) {
+        return;
+    }
+    let w = World::with_image_for(rt);
+    let first = w.project("first");
+    write_config(&first, "", 60_000);
+    run_script(&w, &first, "echo before > made.txt && echo done");
+    let id = common::session_id(&first);
+    let listed = |w: &World| -> Vec<(String, String, String)> {
+        w.list_json(w.root())
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (s("id"), s("directory"), s("state"))
+            })
+            .collect()
+    };
+    // Moved while running.
+    let second = w.root().join("second");
+    fs::rename(&first, &second).unwrap();
+    let want = (
+        id.clone(),
+        second.display().to_string(),
+        "running".to_string(),
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || listed(&w) == vec![want.clone()]),
+        "{:?}",
+        listed(&w)
+    );
+    let log = fs::read_to_string(second.join(".vibebox/logs/supervisor.log")).unwrap();
+    assert!(log.contains("the project moved"), "{log}");
+    let out = run_script(
+        &w,
+        &second,
+        "cat made.txt && echo after > made.txt && echo done",
+    );
+    assert!(out.contains("before"), "{out}");
+    assert_eq!(
+        fs::read_to_string(second.join("made.txt")).unwrap(),
+        "after\n"
+    );
+    assert_eq!(common::session_id(&second), id);
+    w.vm(&second)
+        .args(["stop", "--shutdown"])
+        .assert()
+        .success();
+    assert!(!second.join(".vibebox/supervisor.sock").exists());
+
+    // Moved while stopped: a command run there brings the entry back.
+    let third = w.root().join("third");
+    fs::rename(&second, &third).unwrap();
+    assert!(listed(&w).is_empty(), "{:?}", listed(&w));
+    w.vm(&third).args(["ps"]).assert().success();
+    let want = (
+        id.clone(),
+        third.display().to_string(),
+        "stopped".to_string(),
+    );
+    assert_eq!(listed(&w), vec![want]);
+    let out = run_script(&w, &third, "cat made.txt && echo done");
+    assert!(out.contains("after"), "{out}");
+    assert_eq!(common::session_id(&third), id);
+}
+
+both_runtimes!(moving_a_project_keeps_its_session);

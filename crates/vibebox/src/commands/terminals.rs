@@ -75,7 +75,7 @@ pub fn run(
             TermName::from_command(program).first_free(&taken)
         }
     };
-    let dir = vibebox_core::mounts::project_guest_path(project.dir());
+    let dir = attached.guest_dir(project);
     let line = boxterm::start_line(&name, &dir, command, detached);
     let code = if detached {
         let (code, _) = attach::ssh_capture(project, &attached, &line, LIST_LIMIT)?;
