@@ -193,16 +193,10 @@ mod tests {
         let (root, index, proj) = setup();
         let (a, _) = connect(&index, &Project::at(&proj), Timestamp::now()).unwrap();
         // Nothing to follow: same directory, or no session.
-        assert_eq!(
-            follow_move(&index, &Project::at(&proj), Timestamp::now()).unwrap(),
-            false
-        );
+        assert!(!follow_move(&index, &Project::at(&proj), Timestamp::now()).unwrap());
         let bare = root.path().join("bare");
         fs::create_dir(&bare).unwrap();
-        assert_eq!(
-            follow_move(&index, &Project::at(&bare), Timestamp::now()).unwrap(),
-            false
-        );
+        assert!(!follow_move(&index, &Project::at(&bare), Timestamp::now()).unwrap());
         assert!(!bare.join(".vibebox").exists());
         // A copy is not a move.
         let copy = root.path().join("copy");
@@ -212,10 +206,7 @@ mod tests {
             copy.join(".vibebox/session.toml"),
         )
         .unwrap();
-        assert_eq!(
-            follow_move(&index, &Project::at(&copy), Timestamp::now()).unwrap(),
-            false
-        );
+        assert!(!follow_move(&index, &Project::at(&copy), Timestamp::now()).unwrap());
         assert_eq!(index.read().unwrap()[0].directory, proj);
         fs::remove_dir_all(&copy).unwrap();
         // A move is followed.
