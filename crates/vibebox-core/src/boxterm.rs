@@ -87,9 +87,8 @@ impl std::fmt::Display for TermName {
 
 /// The options every command sets on the server first (idempotent): keep the
 /// server when no terminal is left, keep a finished terminal to report its
-/// exit code, detach its clients when it finishes, and say how to detach.
+/// exit code, and say how to detach.
 fn server_setup() -> String {
-    let hook = format!("run-shell \"{TMUX} detach-client -s '=#{{session_name}}'\"");
     [
         "start-server",
         ";",
@@ -102,11 +101,6 @@ fn server_setup() -> String {
         "-wg",
         "remain-on-exit",
         "on",
-        ";",
-        "set-hook",
-        "-g",
-        "pane-died",
-        &hook,
         ";",
         "set-option",
         "-g",
@@ -122,6 +116,23 @@ fn server_setup() -> String {
     .map(|a| shell_quote(a))
     .collect::<Vec<_>>()
     .join(" ")
+}
+
+/// What terminal `name`'s pane runs: records the command line (for `ps`),
+/// runs it, records its exit code, and detaches the clients attached to it
+/// (they get the exit code). tmux's `pane-died` hook was tried for the
+/// detaching and missed now and then (tmux 3.3a); this does not depend on it.
+fn pane_line(name: &TermName, line: &str) -> String {
+    // Options take a pane as target: `=NAME:` is that session's.
+    let session = shell_quote(&format!("={name}:"));
+    let target = shell_quote(&format!("={name}"));
+    format!(
+        "{TMUX} set-option -t {session} @vibebox_cmd {shown} 2>/dev/null; \
+{line}; code=$?; \
+{TMUX} set-option -t {session} @vibebox_exit \"$code\" 2>/dev/null; \
+{TMUX} detach-client -s {target} 2>/dev/null; exit \"$code\"",
+        shown = shell_quote(line),
+    )
 }
 
 /// The shell line that starts terminal `name` running `command` in `dir`:
@@ -144,7 +155,7 @@ else exit {EXISTS_CODE}; fi; fi; \
 exec {TMUX} new-session{detach} -s {name} -c {dir} -x 200 -y 50 {cmd}",
         setup = server_setup(),
         dir = shell_quote(dir),
-        cmd = shell_quote(&line),
+        cmd = shell_quote(&pane_line(name, &line)),
     )
 }
 
@@ -157,8 +168,9 @@ pub fn attach_line(name: &TermName) -> String {
 }
 
 /// The fields `list_line` asks tmux for, one terminal a line.
-/// (`|`: tmux writes a tab in a format as `_`; no name has a `|`.)
-const LIST_FORMAT: &str = "#{session_name}|#{session_created}|#{session_attached}|#{pane_dead}|#{pane_dead_status}|#{pane_start_command}";
+/// (`|`: tmux writes a tab in a format as `_`; no name has a `|`. The
+/// command comes last: it may hold one.)
+const LIST_FORMAT: &str = "#{session_name}|#{session_created}|#{session_attached}|#{pane_dead}|#{pane_dead_status}|#{@vibebox_exit}|#{@vibebox_cmd}";
 
 /// The shell line that lists the terminals (no output when there is none).
 pub fn list_line() -> String {
@@ -189,7 +201,7 @@ pub struct Terminal {
 pub fn parse_list(out: &str) -> Vec<Terminal> {
     out.lines()
         .filter_map(|line| {
-            let mut f = line.splitn(6, '|');
+            let mut f = line.splitn(7, '|');
             let name: TermName = f.next()?.parse().ok()?;
             let started = f.next()?.parse::<i64>().ok()?;
             let clients = f.next()?.parse::<u32>().ok()?;
@@ -199,14 +211,18 @@ pub fn parse_list(out: &str) -> Vec<Terminal> {
                 _ => return None,
             };
             let status = f.next()?;
+            // Recorded by the pane when its command ended (the pane may take
+            // a moment more to end).
+            let recorded = f.next()?.parse::<i32>().ok();
             let command: String = f.next().unwrap_or("").chars().take(1024).collect();
+            let exited = dead || recorded.is_some();
             Some(Terminal {
                 name: name.0,
-                command: crate::text::for_terminal(command.trim_matches('"')),
+                command: crate::text::for_terminal(&command),
                 started,
                 clients,
-                running: !dead,
-                exit_code: if dead { status.parse().ok() } else { None },
+                running: !exited,
+                exit_code: recorded.or_else(|| if dead { status.parse().ok() } else { None }),
             })
         })
         .take(MAX_TERMINALS)
@@ -265,25 +281,33 @@ mod tests {
             true,
         );
         assert!(line.contains("new-session -d -s web -c '/home/vibecoder/it'\\''s'"));
-        // The command is one quoted argument: tmux hands it to the shell.
-        assert!(
-            line.ends_with(r#"'sh -c '\''echo $(id); exit 3'\'''"#),
-            "{line}"
-        );
         assert!(line.contains("exit 3; fi"));
         assert!(!start_line(&name, "/p", &["x".into()], false).contains(" -d "));
+        // The pane's line, as the pane's shell gets it: the command once to
+        // run and once, quoted, to record.
+        let pane = pane_line(&name, "sh -c 'echo $(id); exit 3'");
+        assert!(
+            pane.contains("; sh -c 'echo $(id); exit 3'; code=$?;"),
+            "{pane}"
+        );
+        assert!(
+            pane.contains(r#"@vibebox_cmd 'sh -c '\''echo $(id); exit 3'\'''"#),
+            "{pane}"
+        );
+        assert!(pane.ends_with("exit \"$code\""), "{pane}");
     }
 
     #[test]
     fn hostile_listings_are_bounded_and_escaped() {
-        let out = "web|1795525953|2|0||\"python3 -m http.server | cat\"\n\
-                   done|1795525953|0|1|7|\"make\"\n\
-                   bad name|1|0|0||x\n\
-                   evil|1|0|0||\x1b]0;pwned\x07\n\
+        let out = "web|1795525953|2|0|||python3 -m http.server | cat\n\
+                   done|1795525953|0|1|7||make\n\
+                   ending|1795525953|1|0||4|bash\n\
+                   bad name|1|0|0|||x\n\
+                   evil|1|0|0|||\x1b]0;pwned\x07\n\
                    short|1\n\
-                   nan|x|0|0||x\n";
+                   nan|x|0|0|||x\n";
         let t = parse_list(out);
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.len(), 4);
         assert_eq!(t[0].name, "web");
         assert_eq!(t[0].command, "python3 -m http.server | cat");
         assert_eq!(
@@ -291,8 +315,9 @@ mod tests {
             (2, true, None)
         );
         assert_eq!((t[1].running, t[1].exit_code), (false, Some(7)));
-        assert!(!t[2].command.contains('\x1b'));
-        let flood = "t|1|0|0||x\n".repeat(10_000);
+        assert_eq!((t[2].running, t[2].exit_code), (false, Some(4)));
+        assert!(!t[3].command.contains('\x1b'));
+        let flood = "t|1|0|0|||x\n".repeat(10_000);
         assert_eq!(parse_list(&flood).len(), MAX_TERMINALS);
     }
 }

@@ -211,6 +211,38 @@ impl DynamicForwards {
     }
 }
 
+/// The policy of a running session, which `vibebox reload` changes: every
+/// engine of the session takes it up at its next turn and closes the
+/// connections it no longer allows. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct LivePolicy(std::sync::Arc<std::sync::Mutex<(u64, Option<PolicyUpdate>)>>);
+
+/// A new policy and resolver overrides.
+#[derive(Debug, Clone)]
+pub struct PolicyUpdate {
+    /// The policy.
+    pub policy: Policy,
+    /// Resolver overrides (`[network] hosts`).
+    pub hosts: HashMap<String, IpAddr>,
+}
+
+impl LivePolicy {
+    /// Replaces the policy.
+    pub fn set(&self, update: PolicyUpdate) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        g.1 = Some(update);
+    }
+
+    fn changed(&self, seen: u64) -> Option<(u64, PolicyUpdate)> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &g.1 {
+            Some(u) if g.0 != seen => Some((g.0, u.clone())),
+            _ => None,
+        }
+    }
+}
+
 /// The engine of one session.
 pub struct Engine {
     cfg: EngineConfig,
@@ -224,6 +256,7 @@ pub struct Engine {
     /// How many of `forwards` are the fixed ones (the rest are dynamic).
     fixed_forwards: usize,
     dynamic: Option<(DynamicForwards, u64)>,
+    live: Option<(LivePolicy, u64)>,
     next_local_port: u16,
     log: RateLimitedLog,
     resolver: Resolver,
@@ -290,6 +323,7 @@ impl Engine {
             forwards: Vec::new(),
             fixed_forwards: 0,
             dynamic: None,
+            live: None,
             next_local_port: 49152,
             log: RateLimitedLog::new(log),
             epoch,
@@ -311,6 +345,51 @@ impl Engine {
     pub fn with_dynamic_forwards(mut self, dynamic: DynamicForwards) -> Engine {
         self.dynamic = Some((dynamic, u64::MAX));
         self
+    }
+
+    /// Follows `live` (`vibebox reload`): the policy of the session now.
+    pub fn with_live_policy(mut self, live: LivePolicy) -> Engine {
+        // A policy set before this engine started is this engine's already.
+        let seen = live.0.lock().unwrap_or_else(|e| e.into_inner()).0;
+        self.live = Some((live, seen));
+        self
+    }
+
+    /// Takes up a changed policy: new connections and lookups follow it, and
+    /// the open connections it refuses are closed (with a reset).
+    fn refresh_policy(&mut self) {
+        let Some((live, seen)) = &mut self.live else {
+            return;
+        };
+        let Some((version, update)) = live.changed(*seen) else {
+            return;
+        };
+        *seen = version;
+        self.resolver = Resolver::new(update.hosts.clone(), update.policy.clone());
+        self.cfg.policy = update.policy;
+        self.cfg.hosts = update.hosts;
+        for conn in &mut self.conns {
+            if conn.reaped || matches!(conn.phase, Phase::Done) {
+                continue;
+            }
+            let verdict = match &conn.target {
+                Target::Name(n) => self.cfg.policy.decide_name(n, Some(conn.dest.port())),
+                Target::Addr(ip) => self.cfg.policy.decide_ip(IpAddr::V4(*ip), conn.dest.port()),
+                Target::Forward => Verdict::Allow,
+            };
+            if verdict == Verdict::Allow {
+                continue;
+            }
+            self.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+            conn.phase = Phase::Done;
+            self.log.log(&now_event(
+                EventKind::Tcp,
+                conn.target.name(),
+                format!("{}", conn.dest),
+                Verdict::Deny,
+                "closed: the reloaded policy refuses it",
+            ));
+        }
     }
 
     /// Takes up a changed dynamic list.
@@ -816,6 +895,7 @@ impl Engine {
                 self.device.rx.push_back(frame);
             }
             self.refresh_forwards();
+            self.refresh_policy();
             activity |= self.accept_forwards();
             let now = self.now();
             self.iface.poll(now, &mut self.device, &mut self.sockets);

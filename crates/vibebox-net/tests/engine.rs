@@ -16,7 +16,10 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 use vibebox_core::policy::{NetworkEntry, NetworkMode, Policy, Verdict};
-use vibebox_net::engine::{Engine, EngineConfig, FrameQueue, GATEWAY, GUEST};
+use vibebox_net::engine::{
+    Engine, EngineConfig, FrameQueue, LivePolicy, PolicyUpdate, DEFAULT_MAX_CONNECTIONS, GATEWAY,
+    GUEST,
+};
 use vibebox_net::log::NetworkEvent;
 
 /// The guest: a smoltcp stack on the other end of the engine's stream.
@@ -224,23 +227,41 @@ fn start_with(
     start_capped(entries, hosts, forwards, 256)
 }
 
+fn allowlist(entries: &[&str]) -> Policy {
+    Policy::new(
+        NetworkMode::Allowlist,
+        entries
+            .iter()
+            .map(|e| NetworkEntry::parse(e).unwrap())
+            .collect(),
+    )
+}
+
+fn host_map(hosts: &[(&str, &str)]) -> HashMap<String, IpAddr> {
+    hosts
+        .iter()
+        .map(|(n, ip)| (n.to_string(), ip.parse().unwrap()))
+        .collect()
+}
+
 fn start_capped(
     entries: &[&str],
     hosts: &[(&str, &str)],
     forwards: Vec<(TcpListener, u16)>,
     max_connections: usize,
 ) -> (Guest, Arc<Mutex<Vec<NetworkEvent>>>) {
-    let policy = Policy::new(
-        NetworkMode::Allowlist,
-        entries
-            .iter()
-            .map(|e| NetworkEntry::parse(e).unwrap())
-            .collect(),
-    );
-    let hosts: HashMap<String, IpAddr> = hosts
-        .iter()
-        .map(|(n, ip)| (n.to_string(), ip.parse().unwrap()))
-        .collect();
+    start_engine(entries, hosts, forwards, max_connections, None)
+}
+
+fn start_engine(
+    entries: &[&str],
+    hosts: &[(&str, &str)],
+    forwards: Vec<(TcpListener, u16)>,
+    max_connections: usize,
+    live: Option<LivePolicy>,
+) -> (Guest, Arc<Mutex<Vec<NetworkEvent>>>) {
+    let policy = allowlist(entries);
+    let hosts = host_map(hosts);
     let events = Arc::new(Mutex::new(Vec::new()));
     let ev = events.clone();
     let engine = Engine::new(
@@ -252,6 +273,10 @@ fn start_capped(
         Box::new(move |e: &NetworkEvent| ev.lock().unwrap().push(e.clone())),
     )
     .with_forwards(forwards);
+    let engine = match live {
+        Some(live) => engine.with_live_policy(live),
+        None => engine,
+    };
     let (a, b) = UnixStream::pair().unwrap();
     std::thread::spawn(move || engine.run(a));
     (Guest::new(b), events)
@@ -627,4 +652,51 @@ fn socket2_connect_nonblocking(port: u16) -> Option<rustix::fd::OwnedFd> {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
     let _ = rustix::net::connect(&fd, &addr);
     Some(fd)
+}
+
+/// `vibebox reload`: a new policy reaches the running engine; a connection
+/// it refuses is reset at once, the name no longer resolves, and the name it
+/// adds does.
+#[test]
+fn a_reloaded_policy_closes_what_it_refuses_and_opens_what_it_adds() {
+    let (port, seen) = recorder();
+    let hosts = [("allowed.test", "127.0.0.1"), ("later.test", "127.0.0.1")];
+    let live = LivePolicy::default();
+    let (mut g, events) = start_engine(
+        &["allowed.test"],
+        &hosts,
+        Vec::new(),
+        DEFAULT_MAX_CONNECTIONS,
+        Some(live.clone()),
+    );
+    assert_eq!(g.resolve("later.test"), Err(RCODE::NameError));
+    let ip = g.resolve("allowed.test").unwrap();
+    let h = g.connect(ip, port);
+    send(&mut g, h, b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n");
+    assert!(g.until(Duration::from_secs(10), |_| !seen
+        .lock()
+        .unwrap()
+        .is_empty()));
+    assert_eq!(g.state(h), tcp::State::Established);
+
+    live.set(PolicyUpdate {
+        policy: allowlist(&["later.test"]),
+        hosts: host_map(&hosts),
+    });
+    assert!(
+        g.until(Duration::from_secs(10), |g| g.state(h)
+            == tcp::State::Closed),
+        "the refused connection stays open: {:?}",
+        g.state(h)
+    );
+    assert_eq!(g.resolve("allowed.test"), Err(RCODE::NameError));
+    assert!(g.resolve("later.test").is_ok());
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.reason.contains("reloaded policy")
+                && e.name.as_deref() == Some("allowed.test"))
+    );
 }

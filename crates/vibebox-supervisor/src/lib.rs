@@ -10,7 +10,11 @@
 //!   engine, the machine through its runtime, the shared SSH connection, the
 //!   lease — from the plan the client checked;
 //! - [`select`]: which runtime runs a session, and why;
-//! - [`rundir`]: where a session's sockets live (verified private).
+//! - [`rundir`]: where a session's sockets live (verified private);
+//! - [`guest`]: what the supervisor asks the box over SSH (are terminals running);
+//! - [`ports`]: automatic port forwards of what the box listens on;
+//! - [`reload`]: a changed `[network]` applied to the running box;
+//! - [`moves`]: the index following a project that moves while its box runs.
 //!
 //! The machine itself is started by a runtime (`vibebox_core::runtime`); the
 //! CLI's `__supervise` command only reads the plan and calls [`supervise`].
@@ -19,8 +23,10 @@
 pub mod error;
 pub mod guest;
 pub mod lease;
+pub mod moves;
 pub mod ports;
 pub mod protocol;
+pub mod reload;
 pub mod rundir;
 pub mod select;
 pub mod server;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// What a client asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
     /// The status, once.
@@ -27,6 +27,21 @@ pub enum Request {
         #[serde(default)]
         shutdown: bool,
     },
+    /// Apply the `[network]` of this config text (checked, and its grants
+    /// accepted, by the client) to the running box; gets one [`Reloaded`].
+    Reload {
+        /// The text of vibebox.toml.
+        config: String,
+    },
+}
+
+/// The answer to [`Request::Reload`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// Whether the new policy is in force.
+    pub ok: bool,
+    /// What changed, what waits for the next start, or why it failed.
+    pub message: String,
 }
 
 /// A running supervisor's session state (a session without one is stopped).
@@ -177,6 +192,29 @@ impl Attachment {
         let line = read_line(&mut self.reader).ok()??;
         serde_json::from_str(&line).ok()
     }
+}
+
+/// Asks the supervisor at `socket` to apply `config`'s `[network]`; `None`
+/// when no supervisor answers.
+pub fn reload(socket: &Path, config: &str) -> std::io::Result<Option<Reloaded>> {
+    let Ok(stream) = request(
+        socket,
+        Request::Reload {
+            config: config.to_string(),
+        },
+    ) else {
+        return Ok(None);
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let line = read_line(&mut BufReader::new(stream))?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the supervisor hung up without an answer",
+        )
+    })?;
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(std::io::Error::other)
 }
 
 /// Asks the supervisor at `socket` to stop the session (suspend it, or power

@@ -33,10 +33,14 @@ pub enum Stop {
     Idle,
 }
 
+/// What applies a reloaded config to the running box.
+pub type ReloadFn = dyn Fn(&str) -> crate::protocol::Reloaded + Send + Sync;
+
 /// A handle on the server's state (cheap to clone).
 #[derive(Clone)]
 pub struct Server {
     state: Arc<(Mutex<Shared>, Condvar)>,
+    reload: Arc<Mutex<Option<Arc<ReloadFn>>>>,
 }
 
 impl Server {
@@ -60,7 +64,13 @@ impl Server {
                 }),
                 Condvar::new(),
             )),
+            reload: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// What `reload` requests run (none until the box runs).
+    pub fn on_reload(&self, f: Arc<ReloadFn>) {
+        *self.reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     /// Changes the state and tells every attached client.
@@ -149,6 +159,25 @@ impl Server {
             }
             Some(Request::Stop { shutdown }) => self.update(|s| s.stop = Some(shutdown)),
             Some(Request::Attach) => self.attached(stream, reader),
+            Some(Request::Reload { config }) => {
+                let f = self
+                    .reload
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let answer = match f {
+                    Some(f) => f(&config),
+                    None => crate::protocol::Reloaded {
+                        ok: false,
+                        message: "the box is not running yet; the config applies when it starts"
+                            .into(),
+                    },
+                };
+                if let Ok(mut line) = serde_json::to_string(&answer) {
+                    line.push('\n');
+                    let _ = stream.write_all(line.as_bytes());
+                }
+            }
         }
     }
 

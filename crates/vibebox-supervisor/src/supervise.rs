@@ -65,6 +65,7 @@ fn start_engine(
     network: &NetworkEndpoint,
     ssh: std::net::TcpListener,
     dynamic: engine::DynamicForwards,
+    live: engine::LivePolicy,
 ) -> Result<(), SupervisorError> {
     let streams = UnixListener::bind(&network.socket)
         .because(|| format!("cannot listen on {}", network.socket.display()))?;
@@ -107,7 +108,8 @@ fn start_engine(
                 }),
             )
             .with_forwards(forwards)
-            .with_dynamic_forwards(dynamic.clone()),
+            .with_dynamic_forwards(dynamic.clone())
+            .with_live_policy(live.clone()),
         )
     });
     let make = new_engine.clone();
@@ -155,58 +157,6 @@ fn start_ssh_master(project: &Project, run_dir: &Path, port: u16) -> Result<Tied
         "the shared SSH connection did not open (see .vibebox/logs/ssh.log)".to_string()
     })?;
     Ok(children.remove(0))
-}
-
-/// Holds the project directory open and looks every 2 s where it is now:
-/// when it moved, the index follows (`vibebox list` shows the new place at
-/// once). Returns where it is, kept current.
-fn follow_moves(
-    project: &Project,
-    vibebox_home: &Path,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::sync::Arc<std::sync::Mutex<PathBuf>> {
-    use rustix::fs::{Mode, OFlags};
-    let here = std::sync::Arc::new(std::sync::Mutex::new(project.dir().to_path_buf()));
-    let Ok(fd) = rustix::fs::open(
-        project.dir(),
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return here;
-    };
-    let index = vibebox_core::index::Index::new(vibebox_home);
-    let shared = here.clone();
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_secs(2));
-            let Ok(now) = fs::read_link(&link) else {
-                continue;
-            };
-            let mut last = shared.lock().unwrap_or_else(|e| e.into_inner());
-            // A deleted directory reads as "<path> (deleted)": nothing to follow.
-            if now == *last || !now.is_dir() {
-                continue;
-            }
-            let moved = Project::at(&now);
-            match vibebox_core::session::follow_move(&index, &moved, jiff::Timestamp::now()) {
-                Ok(_) => eprintln!(
-                    "[{}] the project moved from {} to {}: the index follows",
-                    jiff::Timestamp::now(),
-                    last.display(),
-                    now.display()
-                ),
-                Err(e) => eprintln!(
-                    "[{}] the project moved to {}, but the index cannot follow: {e}",
-                    jiff::Timestamp::now(),
-                    now.display()
-                ),
-            }
-            *last = now;
-        }
-    });
-    here
 }
 
 /// What runs when a session stops and its config says `save_on_idle`:
@@ -285,6 +235,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     let run_dir = run_dir(&session)?;
     let _ = fs::remove_dir_all(&run_dir);
     let dynamic = engine::DynamicForwards::default();
+    let live = engine::LivePolicy::default();
     let started = (|| -> Result<(Box<dyn Machine>, Tied), SupervisorError> {
         use std::os::unix::fs::DirBuilderExt;
         fs::DirBuilder::new()
@@ -309,7 +260,14 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             prefix: engine::PREFIX,
             gateway: engine::GATEWAY,
         };
-        start_engine(&project, &config, &network, ssh_listener, dynamic.clone())?;
+        start_engine(
+            &project,
+            &config,
+            &network,
+            ssh_listener,
+            dynamic.clone(),
+            live.clone(),
+        )?;
         let request = StartRequest {
             plan,
             config: &config,
@@ -363,7 +321,8 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     );
     let mut held_by_terminal = false;
     let stop_watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let here = follow_moves(&project, &host.vibebox_home, stop_watching.clone());
+    let here = crate::moves::follow_moves(&project, &host.vibebox_home, stop_watching.clone());
+    state.on_reload(crate::reload::reloader(&plan.config_file, &config, live));
     crate::ports::PortWatch {
         guest: guest.clone(),
         server: state.clone(),

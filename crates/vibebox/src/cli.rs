@@ -126,6 +126,10 @@ pub enum Command {
         #[arg(long)]
         shutdown: bool,
     },
+    /// Apply a changed `[network]` of vibebox.toml to the running box
+    /// without a restart (asking first when it grants more); connections the
+    /// new policy refuses are closed.
+    Reload,
     /// Show what this project's vibebox.toml grants beyond the defaults (host
     /// paths, network widening, hosts overrides, exposed ports) and accept it.
     ///

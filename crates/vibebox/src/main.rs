@@ -75,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::SshConfig { install }) => commands::sshcfg::run(&ctx, install).map(|()| 0),
         Some(Command::SshProxy { dir }) => commands::sshcfg::proxy(&mut ctx, &dir),
         Some(Command::Stop { shutdown }) => commands::connect::stop(&ctx, shutdown).map(|()| 0),
+        Some(Command::Reload) => commands::reload::run(&ctx).map(|()| 0),
         Some(Command::Trust { yes }) => commands::trust::run(&ctx, yes).map(|()| 0),
         Some(Command::Save { message, store }) => {
             commands::store::save(&ctx, message, &store).map(|()| 0)

@@ -1937,3 +1937,102 @@ fn moving_a_project_keeps_its_session(rt: Rt) {
 }
 
 both_runtimes!(moving_a_project_keeps_its_session);
+
+/// `vibebox reload` changes a running box's policy without a restart: a
+/// widening needs consent (refused without a terminal, nothing changed),
+/// then applies; a connection the new policy refuses is closed; a narrowing
+/// applies at once.
+fn reload_changes_the_policy_of_a_running_box(rt: Rt) {
+    use std::io::{Read, Write};
+    let _serial = lock();
+    if !vm::available_for(rt) {
+        return;
+    }
+    let (web, _seen) = recording_server();
+    // A server that greets, then holds the connection open.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hold_port = holder.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in holder.incoming().take(10) {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let _ = c.write_all(b"hello\n");
+                let mut buf = [0u8; 256];
+                while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let w = World::with_image_for(rt);
+    let dir = w.project("live");
+    let config = |entries: &str| {
+        fs::write(
+            dir.join("vibebox.toml"),
+            format!(
+                "[box]\nmounts = []\n[supervisor]\nauto_shutdown_ms = 60000\n[network]\nentries = [{entries}]\nhosts = {{ \"allowed.test\" = \"127.0.0.1\", \"later.test\" = \"127.0.0.1\" }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    config("\"allowed.test\"");
+    w.vm(&dir).args(["trust", "--yes"]).assert().success();
+    let hold = format!(
+        "import socket\ns = socket.create_connection(('allowed.test', {hold_port}))\n\
+         assert s.recv(6) == b'hello\\n'\nopen('connected', 'w').write('yes')\n\
+         try:\n    s.recv(1)\n    why = 'eof'\nexcept OSError as e:\n    why = type(e).__name__\n\
+         open('closed', 'w').write(why)\n"
+    );
+    fs::write(dir.join("hold.py"), hold).unwrap();
+    w.vm(&dir)
+        .args(["run", "-d", "--name", "hold", "--", "python3", "hold.py"])
+        .assert()
+        .success();
+    assert!(
+        eventually(Duration::from_secs(60), || dir.join("connected").exists()),
+        "{:?}",
+        terminals(&w, &dir)
+    );
+    let get = |name: &str| {
+        let out = w
+            .vm(&dir)
+            .args(["exec", "--", "curl", "-s", "--max-time", "20"])
+            .arg(format!("http://{name}:{web}/"))
+            .output()
+            .unwrap();
+        stdout(&out).contains("REACHED-THE-STAND-IN-SERVER")
+    };
+    assert!(!get("later.test"));
+
+    // A widening without a terminal: refused, nothing changes.
+    config("\"later.test\"");
+    w.vm(&dir)
+        .arg("reload")
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("later.test"));
+    assert!(!get("later.test"));
+    assert!(!dir.join("closed").exists());
+
+    // Accepted: it applies, and the connection it refuses is closed.
+    w.vm(&dir).args(["trust", "--yes"]).assert().success();
+    w.vm(&dir)
+        .arg("reload")
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("applied to the running box"));
+    assert!(
+        eventually(Duration::from_secs(30), || dir.join("closed").exists()),
+        "the refused connection stayed open"
+    );
+    assert!(get("later.test"));
+    assert!(!get("allowed.test"));
+    let log = fs::read_to_string(dir.join(".vibebox/logs/network.log")).unwrap();
+    assert!(log.contains("reloaded policy"), "{log}");
+
+    // A narrowing needs no consent.
+    config("");
+    w.vm(&dir).arg("reload").assert().success();
+    assert!(!get("later.test"));
+    assert_eq!(session_state(&w, &dir).0, "running");
+}
+
+both_runtimes!(reload_changes_the_policy_of_a_running_box);

@@ -8,6 +8,7 @@ pub mod init;
 pub mod list;
 pub mod logs;
 pub mod ports;
+pub mod reload;
 pub mod snapshot;
 pub mod sshcfg;
 pub mod store;
