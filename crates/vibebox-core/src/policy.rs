@@ -328,6 +328,8 @@ pub struct NetworkConfigView {
     pub hosts: std::collections::BTreeMap<String, IpAddr>,
     /// Exposed guest ports: (host loopback port, guest port).
     pub expose: Vec<(u16, u16)>,
+    /// Whether the ports the box listens on are forwarded automatically.
+    pub auto_expose: bool,
 }
 
 impl From<&crate::config::NetworkConfig> for NetworkConfigView {
@@ -337,6 +339,7 @@ impl From<&crate::config::NetworkConfig> for NetworkConfigView {
             entries: n.entries.iter().map(|e| e.to_string()).collect(),
             hosts: n.hosts.clone(),
             expose: n.expose.clone(),
+            auto_expose: n.auto_expose,
         }
     }
 }

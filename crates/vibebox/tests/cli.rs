@@ -375,7 +375,7 @@ fn explain_reports_mounts_network_storage_runtime_and_image() {
     fs::create_dir_all(w.home().join("data")).unwrap();
     fs::write(
         dir.join("vibebox.toml"),
-        "[box]\nmounts = [\"~/data:data\", \"~/nope:/opt/nope:read-write\"]\n[network]\nmode = \"blocklist\"\nentries = [\"Evil.COM.\", \"10.0.0.0/8\"]\n",
+        "[box]\nmounts = [\"~/data:data\", \"~/nope:/opt/nope:read-write\"]\n[network]\nmode = \"blocklist\"\nentries = [\"Evil.COM.\", \"10.0.0.0/8\"]\nauto_expose = false\n",
     )
     .unwrap();
     let out = w
@@ -399,6 +399,7 @@ fn explain_reports_mounts_network_storage_runtime_and_image() {
         x["network"]["entries"],
         serde_json::json!(["evil.com", "10.0.0.0/8"])
     );
+    assert_eq!(x["network"]["auto_expose"], false);
     assert_eq!(x["storage"]["config"], "vibebox.toml");
     assert_eq!(x["storage"]["state_dir"], ".vibebox/");
     assert_eq!(x["storage"]["disk"], ".vibebox/disk.qcow2");
@@ -409,7 +410,8 @@ fn explain_reports_mounts_network_storage_runtime_and_image() {
         .assert()
         .success()
         .stdout(predicate::str::contains("(missing)"))
-        .stdout(predicate::str::contains("blocklist"));
+        .stdout(predicate::str::contains("blocklist"))
+        .stdout(predicate::str::contains("no automatic port forwards"));
     // explain reads only: nothing was created.
     assert!(!dir.join(".vibebox").exists());
 }

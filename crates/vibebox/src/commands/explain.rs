@@ -188,6 +188,11 @@ pub fn render(x: &Explanation) -> String {
     for (host, guest) in &n.expose {
         line(format!("  exposed: 127.0.0.1:{host} -> guest port {guest}"));
     }
+    line(if n.auto_expose {
+        "  ports the box listens on (0.0.0.0) are forwarded to 127.0.0.1 (`vibebox ports`)".into()
+    } else {
+        "  no automatic port forwards (auto_expose = false)".into()
+    });
     line(format!("  {NETWORK_STATUS}"));
     let denials = super::logs::recent_denials(&Project::at(&x.project), 5);
     if !denials.is_empty() {
