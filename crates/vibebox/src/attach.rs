@@ -221,6 +221,33 @@ pub fn ssh_command(project: &Project, session: &uuid::Uuid, port: u16) -> Comman
 
 pub use vibebox_core::text::shell_quote;
 
+/// An ssh that runs `line` (a shell command line) in the guest's project
+/// directory, with a terminal (`-t`) or without (`-T`).
+fn guest_ssh(
+    project: &Project,
+    attached: &Attached,
+    tty: bool,
+    line: &str,
+) -> anyhow::Result<Command> {
+    let port = attached
+        .status
+        .ssh_port
+        .ok_or_else(|| anyhow::anyhow!("the supervisor did not report an SSH port"))?;
+    let dir = shell_quote(&attached.guest_dir(project));
+    let mut cmd = ssh_command(project, &attached.session, port);
+    cmd.arg(if tty { "-t" } else { "-T" })
+        .arg("vibecoder@127.0.0.1")
+        .arg(format!("cd {dir} && {line}"));
+    Ok(cmd)
+}
+
+fn exit_code(mut cmd: Command) -> anyhow::Result<i32> {
+    let status = cmd
+        .status()
+        .context("cannot run ssh; install openssh-client")?;
+    Ok(status.code().unwrap_or(255))
+}
+
 /// Runs `remote` (a shell command line) in the guest's project directory, or
 /// an interactive login shell when `remote` is `None`. Returns the exit code.
 pub fn run_ssh(
@@ -228,49 +255,22 @@ pub fn run_ssh(
     attached: &Attached,
     remote: Option<String>,
 ) -> anyhow::Result<i32> {
-    let port = attached
-        .status
-        .ssh_port
-        .ok_or_else(|| anyhow::anyhow!("the supervisor did not report an SSH port"))?;
-    let mut cmd = ssh_command(project, &attached.session, port);
-    let dir = shell_quote(&attached.guest_dir(project));
-    match remote {
-        None => {
-            if std::io::stdin().is_terminal() {
-                cmd.arg("-t");
-            } else {
-                cmd.arg("-T");
-            }
-            cmd.arg("vibecoder@127.0.0.1")
-                .arg(format!("cd {dir} && exec bash -l"));
-        }
-        Some(line) => {
-            cmd.arg("-T")
-                .arg("vibecoder@127.0.0.1")
-                .arg(format!("cd {dir} && {line}"));
-        }
-    }
-    let status = cmd
-        .status()
-        .context("cannot run ssh; install openssh-client")?;
-    Ok(status.code().unwrap_or(255))
+    let cmd = match remote {
+        None => guest_ssh(
+            project,
+            attached,
+            std::io::stdin().is_terminal(),
+            "exec bash -l",
+        )?,
+        Some(line) => guest_ssh(project, attached, false, &line)?,
+    };
+    exit_code(cmd)
 }
 
 /// Runs `line` (a shell command line) in the guest's project directory on a
 /// terminal (`ssh -t`); returns its exit code.
 pub fn run_ssh_tty(project: &Project, attached: &Attached, line: &str) -> anyhow::Result<i32> {
-    let port = attached
-        .status
-        .ssh_port
-        .ok_or_else(|| anyhow::anyhow!("the supervisor did not report an SSH port"))?;
-    let dir = shell_quote(&attached.guest_dir(project));
-    let status = ssh_command(project, &attached.session, port)
-        .arg("-t")
-        .arg("vibecoder@127.0.0.1")
-        .arg(format!("cd {dir} && {line}"))
-        .status()
-        .context("cannot run ssh; install openssh-client")?;
-    Ok(status.code().unwrap_or(255))
+    exit_code(guest_ssh(project, attached, true, line)?)
 }
 
 /// Runs `line` (a shell command line) in the guest's project directory with
@@ -283,15 +283,7 @@ pub fn ssh_capture(
     limit: u64,
 ) -> anyhow::Result<(i32, Vec<u8>)> {
     use std::io::Read;
-    let port = attached
-        .status
-        .ssh_port
-        .ok_or_else(|| anyhow::anyhow!("the supervisor did not report an SSH port"))?;
-    let dir = shell_quote(&attached.guest_dir(project));
-    let mut child = ssh_command(project, &attached.session, port)
-        .arg("-T")
-        .arg("vibecoder@127.0.0.1")
-        .arg(format!("cd {dir} && {line}"))
+    let mut child = guest_ssh(project, attached, false, line)?
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -302,8 +294,8 @@ pub fn ssh_capture(
         stdout
             .read_to_end(&mut out)
             .context("cannot read from the box")?;
-        // Whatever is left is not read: the box cannot make the host wait
-        // on it (ssh gets SIGPIPE).
+        // What is left is not read: a box that goes on writing makes ssh
+        // end (SIGPIPE), not the host wait.
         drop(stdout);
     }
     let status = child.wait().context("cannot wait for ssh")?;

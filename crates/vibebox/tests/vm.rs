@@ -33,6 +33,17 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     vm::SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The start of an end-to-end test of `rt`: the one-at-a-time lock and a
+/// world with the cached image; `None` (a skip) where `rt` cannot run here
+/// (a failure under CI).
+fn begin(rt: Rt) -> Option<(std::sync::MutexGuard<'static, ()>, World)> {
+    let serial = lock();
+    if !vm::available_for(rt) {
+        return None;
+    }
+    Some((serial, World::with_image_for(rt)))
+}
+
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -74,11 +85,9 @@ fn session_state(w: &World, dir: &std::path::Path) -> (String, u64) {
 /// `save_on_idle`: when the grace period ends, the supervisor saves what the
 /// box made to the store before the box stops; the save restores elsewhere.
 fn save_on_idle_saves_what_the_box_made(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
-    let w = World::with_image_for(rt);
+    };
     let dir = w.project("app");
     fs::write(
         dir.join("vibebox.toml"),
@@ -129,11 +138,9 @@ both_runtimes!(save_on_idle_saves_what_the_box_made);
 /// The whole life of a session: create, run commands, share with a second
 /// client, shut down after the grace period, restart on the same disk, delete.
 fn session_lifecycle(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
-    let w = World::with_image_for(rt);
+    };
     let dir = w.project("app");
     write_config(&dir, "", 8000);
     fs::write(dir.join("from-host.txt"), "hello from the host\n").unwrap();
@@ -349,11 +356,9 @@ both_runtimes!(session_lifecycle);
 /// Mounts are enforced on the host: read-only stays read-only for guest root,
 /// `.vibebox/` is invisible, and links cannot reach outside the shares.
 fn mounts_cannot_be_escaped_from_guest_root(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
-    let w = World::with_image_for(rt);
+    };
     let dir = w.project("proj");
     let ro = w.root().join("readonly-data");
     fs::create_dir_all(&ro).unwrap();
@@ -407,11 +412,9 @@ both_runtimes!(mounts_cannot_be_escaped_from_guest_root);
 /// A supervisor killed with SIGKILL leaves no QEMU or virtiofsd behind, and the
 /// next `vibebox` recovers.
 fn killed_supervisor_leaves_nothing_behind(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
-    let w = World::with_image_for(rt);
+    };
     let dir = w.project("crashy");
     write_config(&dir, "", 60_000);
     w.vm(&dir).args(["exec", "--", "true"]).assert().success();
@@ -458,11 +461,9 @@ both_runtimes!(killed_supervisor_leaves_nothing_behind);
 /// host has a terminal), with the `:` commands; `:new` from inside the box
 /// deletes nothing without a confirmation at the host terminal.
 fn shell_and_box_commands(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
-    let w = World::with_image_for(rt);
+    };
     let dir = w.project("shelly");
     write_config(&dir, "", 1000);
     // Without a host terminal the shell reads its commands from stdin.
@@ -561,10 +562,9 @@ fn recording_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 /// Egress follows the policy, enforced on the host: allowed names work for
 /// programs that ignore proxies; every escape attempt fails and is logged.
 fn network_policy_is_enforced_on_the_host(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
+    };
     let (port, seen) = recording_server();
     let expose_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -585,7 +585,6 @@ fn network_policy_is_enforced_on_the_host(rt: Rt) {
             }
         }
     });
-    let w = World::with_image_for(rt);
     let dir = w.project("net");
     // A TLS stand-in server for the allowed name (self-signed, on loopback).
     let tls_dir = w.root().join("tls");
@@ -882,11 +881,9 @@ both_runtimes!(network_policy_is_enforced_on_the_host);
 /// config, `vibebox.toml`, the agents' settings. All hold; the agent's own
 /// state and `git commit` in the box keep working.
 fn protected_paths_hold_against_guest_root(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
-    let w = World::with_image_for(rt);
+    };
     let dir = w.project("proj");
     let git = |args: &[&str]| {
         let o = Command::new("git")
@@ -996,11 +993,9 @@ both_runtimes!(protected_paths_hold_against_guest_root);
 /// 20 clients starting one stopped session at once, then 50 on the running
 /// box: every one succeeds (one shared SSH connection, not 50 handshakes).
 fn many_clients_at_once_all_succeed(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
-    let w = World::with_image_for(rt);
+    };
     let dir = w.project("crowd");
     write_config(&dir, "", 30_000);
     let exe = assert_cmd::cargo::cargo_bin("vibebox");
@@ -1055,11 +1050,9 @@ both_runtimes!(many_clients_at_once_all_succeed);
 /// external data file (a host file QEMU would write) is refused.
 #[test]
 fn a_shipped_disk_naming_an_external_data_file_is_refused() {
-    let _serial = lock();
-    if !vm::available() {
+    let Some((_serial, w)) = begin(Rt::Vm) else {
         return;
-    }
-    let w = World::with_image();
+    };
     let dir = w.project("shipped");
     write_config(&dir, "", 1000);
     let state = dir.join(".vibebox");
@@ -1100,11 +1093,9 @@ fn a_shipped_disk_naming_an_external_data_file_is_refused() {
 /// on the next boot it floods the control port with an endless line. The
 /// supervisor reads at most a bounded line and refuses the boot.
 fn a_guest_that_floods_its_control_port_is_refused(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
-    let w = World::with_image_for(rt);
+    };
     let dir = w.project("flood");
     write_config(&dir, "", 1000);
     // Right where the init would report ready, it sends 1 MiB without a newline.
@@ -1135,11 +1126,9 @@ both_runtimes!(a_guest_that_floods_its_control_port_is_refused);
 /// whose size changed boots afresh and says why.
 #[test]
 fn suspend_and_resume_keep_processes_and_open_files() {
-    let _serial = lock();
-    if !vm::available() {
+    let Some((_serial, w)) = begin(Rt::Vm) else {
         return;
-    }
-    let w = World::with_image();
+    };
     let dir = w.project("sus");
     write_config(&dir, "", 60_000);
     fs::write(dir.join("held.txt"), "kept\n").unwrap();
@@ -1251,11 +1240,9 @@ fn suspend_and_resume_keep_processes_and_open_files() {
 /// the disk and, when kept, the processes; listed and removed.
 #[test]
 fn snapshots_bring_back_disk_and_processes() {
-    let _serial = lock();
-    if !vm::available() {
+    let Some((_serial, w)) = begin(Rt::Vm) else {
         return;
-    }
-    let w = World::with_image();
+    };
     let dir = w.project("snap");
     write_config(&dir, "", 60_000);
     let setup = r#"
@@ -1372,11 +1359,9 @@ fn snapshots_bring_back_disk_and_processes() {
 /// where it points.
 #[test]
 fn a_shipped_container_layer_that_is_a_symlink_is_refused() {
-    let _serial = lock();
-    if !vm::available_for(Rt::Container) {
+    let Some((_serial, w)) = begin(Rt::Container) else {
         return;
-    }
-    let w = World::with_image_for(Rt::Container);
+    };
     let dir = w.project("shipped");
     write_config(&dir, "", 1000);
     let target = w.root().join("host-dir");
@@ -1395,11 +1380,9 @@ fn a_shipped_container_layer_that_is_a_symlink_is_refused() {
 /// its processes are the box's only (its own pid namespace).
 #[test]
 fn the_container_box_root_is_confined() {
-    let _serial = lock();
-    if !vm::available_for(Rt::Container) {
+    let Some((_serial, w)) = begin(Rt::Container) else {
         return;
-    }
-    let w = World::with_image_for(Rt::Container);
+    };
     let dir = w.project("confined");
     write_config(&dir, "", 1000);
     let script = r#"
@@ -1454,14 +1437,12 @@ fn terminal(w: &World, dir: &std::path::Path, name: &str) -> Option<serde_json::
 /// command end and gets its exit code; `ps` tells each state; once nothing
 /// runs, the box idles out.
 fn detachable_terminals(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
+    };
     let Some(host) = vm::HostTmux::new() else {
         return;
     };
-    let w = World::with_image_for(rt);
     let dir = w.project("app");
     write_config(&dir, "", 1000);
     let out = w
@@ -1578,11 +1559,9 @@ both_runtimes!(detachable_terminals);
 /// lives, and the exit code comes back; `--install` keeps the person's
 /// ~/.ssh/config and adds one Include, once.
 fn ssh_entry_starts_a_stopped_box(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
-    let w = World::with_image_for(rt);
+    };
     let dir = w.project("app");
     write_config(&dir, "", 500);
     let ssh = |config: &std::path::Path, line: &str| {
@@ -1730,14 +1709,12 @@ fn http_get(port: u16) -> String {
 /// box's loopback is listed as not forwarded; a box cannot take more than
 /// 32 host ports; `auto_expose = false` forwards nothing.
 fn ports_are_forwarded_automatically(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
+    };
     let Some(host) = vm::HostTmux::new() else {
         return;
     };
-    let w = World::with_image_for(rt);
     let dir = w.project("web");
     write_config(&dir, "", 1000);
     // A terminal attached to the box hears of new ports.
@@ -1867,11 +1844,9 @@ both_runtimes!(ports_are_forwarded_automatically);
 /// supervisor holds the directory open) and keeps working from the new
 /// place; a stopped one is registered again by any command run there.
 fn moving_a_project_keeps_its_session(rt: Rt) {
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
-    let w = World::with_image_for(rt);
+    };
     let first = w.project("first");
     write_config(&first, "", 60_000);
     run_script(&w, &first, "echo before > made.txt && echo done");
@@ -1944,10 +1919,9 @@ both_runtimes!(moving_a_project_keeps_its_session);
 /// applies at once.
 fn reload_changes_the_policy_of_a_running_box(rt: Rt) {
     use std::io::{Read, Write};
-    let _serial = lock();
-    if !vm::available_for(rt) {
+    let Some((_serial, w)) = begin(rt) else {
         return;
-    }
+    };
     let (web, _seen) = recording_server();
     // A server that greets, then holds the connection open.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1962,7 +1936,6 @@ fn reload_changes_the_policy_of_a_running_box(rt: Rt) {
             });
         }
     });
-    let w = World::with_image_for(rt);
     let dir = w.project("live");
     let config = |entries: &str| {
         fs::write(
@@ -2036,3 +2009,4 @@ fn reload_changes_the_policy_of_a_running_box(rt: Rt) {
 }
 
 both_runtimes!(reload_changes_the_policy_of_a_running_box);
+
