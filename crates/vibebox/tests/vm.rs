@@ -2010,3 +2010,40 @@ fn reload_changes_the_policy_of_a_running_box(rt: Rt) {
 
 both_runtimes!(reload_changes_the_policy_of_a_running_box);
 
+/// The box is the attacker: its root replaces tmux with a program that
+/// answers `ps` with escape sequences and a flood. What `ps` prints is
+/// escaped and bounded, and `--json` stays JSON.
+fn a_hostile_tmux_cannot_reach_the_host_terminal(rt: Rt) {
+    let Some((_serial, w)) = begin(rt) else {
+        return;
+    };
+    let dir = w.project("evil");
+    write_config(&dir, "", 1000);
+    let fake = "#!/bin/sh\ncase \"$*\" in *list-sessions*)\n  printf 'evil|1|0|0|||\\033]0;pwned\\007\\033[2J\\n'\n  yes 'x|1|0|0|||flood' | head -n 100000\n  exit 0;;\nesac\nexec /usr/bin/tmux \"$@\"\n";
+    fs::write(dir.join("fake-tmux"), fake).unwrap();
+    run_script(
+        &w,
+        &dir,
+        "sudo install -m 755 fake-tmux /usr/local/bin/tmux && echo done",
+    );
+    let out = w.vm(&dir).arg("ps").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    assert!(text.contains("evil"), "{text}");
+    assert!(
+        text.lines().count() <= 257,
+        "{} lines",
+        text.lines().count()
+    );
+    let out = w.vm(&dir).args(["ps", "--json"]).output().unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(256));
+    w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+}
+
+both_runtimes!(a_hostile_tmux_cannot_reach_the_host_terminal);
