@@ -53,7 +53,8 @@ auto_shutdown_ms = 20000
 # save_on_idle = false
 
 [network]
-# allowlist: only the entries are reachable; blocklist: everything but the entries.
+# allowlist: only the entries are reachable; blocklist: everything but the entries;
+# ask: the entries, and a lookup of any other name asks you at an attached terminal.
 mode = "allowlist"
 # Domain names (github.com), leading wildcards (*.npmjs.org), optional ports
 # (example.com:443), IP addresses and CIDR blocks (10.0.0.0/8).
@@ -184,7 +185,7 @@ pub struct MountEntry {
 /// The `[network]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkConfig {
-    /// Allowlist or blocklist.
+    /// Allowlist, blocklist or ask.
     pub mode: NetworkMode,
     /// The entries, parsed.
     pub entries: Vec<NetworkEntry>,
@@ -804,6 +805,35 @@ impl Config {
     }
 }
 
+/// `source` (the text of a vibebox.toml) with `entry` added to `[network]
+/// entries`, everything else kept as written (comments, order, layout). The
+/// text is unchanged when the entry is there already.
+///
+/// ```
+/// let out = vibebox_core::config::with_network_entry("# mine\n[network]\nentries = [\"a.example\"]\n", "b.example").unwrap();
+/// assert_eq!(out, "# mine\n[network]\nentries = [\"a.example\", \"b.example\"]\n");
+/// ```
+pub fn with_network_entry(source: &str, entry: &str) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut = source.parse().map_err(|e| format!("{e}"))?;
+    let network = doc
+        .entry("network")
+        .or_insert_with(|| Item::Table(Table::new()));
+    let Some(network) = network.as_table_mut() else {
+        return Err("`network` is not a [network] section".into());
+    };
+    let entries = network
+        .entry("entries")
+        .or_insert(Item::Value(Value::Array(toml_edit::Array::new())));
+    let Some(entries) = entries.as_array_mut() else {
+        return Err("`network.entries` is not an array".into());
+    };
+    if entries.iter().any(|v| v.as_str() == Some(entry)) {
+        return Ok(source.to_string());
+    }
+    entries.push(entry);
+    Ok(doc.to_string())
+}
+
 /// Reading a config file failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigLoadError {
@@ -946,11 +976,43 @@ mod tests {
     }
 
     #[test]
+    fn ask_mode_is_a_network_mode() {
+        let c = parse("[network]\nmode = \"ask\"\nentries = [\"github.com\"]\n").unwrap();
+        assert_eq!(c.network.mode, NetworkMode::Ask);
+    }
+
+    #[test]
+    fn an_entry_is_added_keeping_the_rest_of_the_file() {
+        // No [network] yet: one is added, the comments stay.
+        let out = with_network_entry("# keep me\n[box]\ncpu_count = 2\n", "a.example").unwrap();
+        assert!(
+            out.starts_with("# keep me\n[box]\ncpu_count = 2\n"),
+            "{out}"
+        );
+        let c = parse(&out).unwrap();
+        assert_eq!(c.network.entries.len(), 1);
+        // No entries key yet; a multi-line array with comments.
+        let out = with_network_entry("[network]\nmode = \"ask\"\n", "a.example").unwrap();
+        assert_eq!(parse(&out).unwrap().network.entries.len(), 1);
+        let src = "[network]\nentries = [\n  \"a.example\", # first\n  \"b.example\",\n]\n";
+        let out = with_network_entry(src, "c.example").unwrap();
+        assert!(out.contains("# first"), "{out}");
+        assert_eq!(parse(&out).unwrap().network.entries.len(), 3);
+        // Already there: unchanged.
+        assert_eq!(with_network_entry(src, "a.example").unwrap(), src);
+        // What cannot be edited is refused, not overwritten.
+        assert!(with_network_entry("network = 3\n", "a.example").is_err());
+        assert!(with_network_entry("network = { mode = \"ask\" }\n", "a.example").is_err());
+        assert!(with_network_entry("[network]\nentries = \"x\"\n", "a.example").is_err());
+        assert!(with_network_entry("[network\n", "a.example").is_err());
+    }
+
+    #[test]
     fn choices_list_what_is_allowed() {
         let p = one_problem("[network]\nmode = \"allowlst\"\n");
         assert_eq!(
             p.help.as_deref(),
-            Some("did you mean \"allowlist\"? allowed: \"allowlist\", \"blocklist\"")
+            Some("did you mean \"allowlist\"? allowed: \"allowlist\", \"blocklist\", \"ask\"")
         );
         let p = one_problem("[box]\nruntime = \"docker\"\n");
         assert_eq!(

@@ -24,18 +24,28 @@ pub enum NetworkMode {
     Allowlist,
     /// Everything but the entries is reachable.
     Blocklist,
+    /// The entries are reachable; a lookup of any other name asks the person
+    /// at an attached host terminal (refused when nobody is attached).
+    Ask,
 }
 
 impl NetworkMode {
     /// The words allowed in `vibebox.toml`.
-    pub const ALLOWED: &'static [&'static str] = &["allowlist", "blocklist"];
+    pub const ALLOWED: &'static [&'static str] = &["allowlist", "blocklist", "ask"];
 
     /// The spelling used in `vibebox.toml`.
     pub fn as_str(self) -> &'static str {
         match self {
             NetworkMode::Allowlist => "allowlist",
             NetworkMode::Blocklist => "blocklist",
+            NetworkMode::Ask => "ask",
         }
+    }
+
+    /// Whether only the entries are reachable without asking anybody (an
+    /// allowlist, or ask mode before the person answered).
+    pub fn lists_what_is_reachable(self) -> bool {
+        matches!(self, NetworkMode::Allowlist | NetworkMode::Ask)
     }
 }
 
@@ -45,6 +55,7 @@ impl FromStr for NetworkMode {
         match s {
             "allowlist" => Ok(NetworkMode::Allowlist),
             "blocklist" => Ok(NetworkMode::Blocklist),
+            "ask" => Ok(NetworkMode::Ask),
             _ => Err(()),
         }
     }
@@ -320,7 +331,7 @@ impl fmt::Display for NetworkEntry {
 /// The `[network]` section as `explain` shows it: entries as written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkConfigView {
-    /// Allowlist or blocklist.
+    /// Allowlist, blocklist or ask.
     pub mode: NetworkMode,
     /// The entries, normalised (lower case, no trailing dot).
     pub entries: Vec<String>,
@@ -433,7 +444,7 @@ pub fn is_internal(ip: IpAddr) -> bool {
 /// A `[network]` policy ready to answer questions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// Allowlist or blocklist.
+    /// Allowlist, blocklist or ask.
     pub mode: NetworkMode,
     /// The entries.
     pub entries: Vec<NetworkEntry>,
@@ -447,7 +458,9 @@ impl Policy {
 
     fn by_mode(&self, listed: bool) -> Verdict {
         match (self.mode, listed) {
-            (NetworkMode::Allowlist, true) | (NetworkMode::Blocklist, false) => Verdict::Allow,
+            (NetworkMode::Allowlist | NetworkMode::Ask, true) | (NetworkMode::Blocklist, false) => {
+                Verdict::Allow
+            }
             _ => Verdict::Deny,
         }
     }
@@ -476,7 +489,7 @@ impl Policy {
     pub fn decide_ip(&self, ip: IpAddr, port: u16) -> Verdict {
         let listed = self.entries.iter().any(|e| e.matches_ip(ip, port));
         if is_internal(ip) {
-            return if listed && self.mode == NetworkMode::Allowlist {
+            return if listed && self.mode.lists_what_is_reachable() {
                 Verdict::Allow
             } else {
                 Verdict::Deny

@@ -348,17 +348,51 @@ impl Project {
 }
 
 /// Writes `bytes` to `path` through a temporary file, fsync and rename.
+///
+/// The temporary file is new (`O_EXCL`, a random name), so a symlink or file
+/// that someone planted in the directory (the box can write the project) is
+/// never followed or truncated; the rename replaces `path` itself, even when
+/// it is a symlink, and never writes where it points.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProjectError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-    f.write_all(bytes)
+    use std::os::unix::fs::PermissionsExt;
+    // A file keeps its permissions; a new one gets rw-r--r--.
+    let mode = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => m.permissions().mode() & 0o777,
+        _ => 0o644,
+    };
+    let mut attempt = 0;
+    let (tmp, mut f) = loop {
+        let tmp = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::now_v7().simple()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
+                attempt += 1;
+            }
+            Err(e) => return Err(io_err("cannot create", &tmp)(e)),
+        }
+    };
+    let written = f
+        .write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(io_err("cannot write", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("cannot replace", path))
+        .map_err(io_err("cannot write", &tmp));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err("cannot replace", path)(e)
+    })
 }
 
 #[cfg(test)]
@@ -374,6 +408,34 @@ mod tests {
         assert_eq!(Project::find(&deep).dir(), fs::canonicalize(&deep).unwrap());
         fs::write(proj.join(CONFIG_FILE), "").unwrap();
         assert_eq!(Project::find(&deep).dir(), fs::canonicalize(&proj).unwrap());
+    }
+
+    #[test]
+    fn atomic_writes_never_write_through_a_planted_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let victim = root.path().join("victim");
+        fs::write(&victim, "host file\n").unwrap();
+        let dir = root.path().join("p");
+        fs::create_dir(&dir).unwrap();
+        // The box plants a symlink where the file goes.
+        let target = dir.join("vibebox.toml");
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        write_atomic(&target, b"new\n").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "host file\n");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "new\n");
+        assert!(fs::symlink_metadata(&target).unwrap().is_file());
+        // A file keeps its permissions, and no temporary file is left.
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&target, b"newer\n").unwrap();
+        let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("vibebox.toml")]);
     }
 
     #[test]

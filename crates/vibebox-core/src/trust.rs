@@ -35,7 +35,7 @@ pub struct Grants {
     /// Host paths outside the project (real paths, symlinks resolved) and the
     /// widest mode any mount gives them.
     pub mounts: BTreeMap<PathBuf, MountMode>,
-    /// Allowlist or blocklist.
+    /// Allowlist, blocklist or ask.
     pub mode: NetworkMode,
     /// The network entries, normalised as `explain` shows them.
     pub entries: BTreeSet<String>,
@@ -110,7 +110,9 @@ impl Grants {
         out.push(format!("network mode {}", self.mode));
         for e in &self.entries {
             out.push(match self.mode {
-                NetworkMode::Allowlist => format!("network entry {e} (reachable)"),
+                NetworkMode::Allowlist | NetworkMode::Ask => {
+                    format!("network entry {e} (reachable)")
+                }
                 NetworkMode::Blocklist => format!("network entry {e} (blocked)"),
             });
         }
@@ -235,23 +237,28 @@ pub fn widening(current: &Grants, accepted: Option<&Grants>, defaults: &Grants) 
             was,
         });
     }
-    match (acc.mode, current.mode) {
-        (NetworkMode::Allowlist, NetworkMode::Allowlist) => {
+    // Ask mode grants what an allowlist does: the person answers each other
+    // name at the terminal, the box cannot answer for them.
+    match (
+        acc.mode.lists_what_is_reachable(),
+        current.mode.lists_what_is_reachable(),
+    ) {
+        (true, true) => {
             for e in &current.entries {
                 if !acc.entries.contains(e) && !defaults.entries.contains(e) {
                     out.push(Widening::Entry(e.clone()));
                 }
             }
         }
-        (NetworkMode::Allowlist, NetworkMode::Blocklist) => out.push(Widening::Blocklist),
-        (NetworkMode::Blocklist, NetworkMode::Blocklist) => {
+        (true, false) => out.push(Widening::Blocklist),
+        (false, false) => {
             for e in &acc.entries {
                 if !current.entries.contains(e) {
                     out.push(Widening::Unblocked(e.clone()));
                 }
             }
         }
-        (NetworkMode::Blocklist, NetworkMode::Allowlist) => {
+        (false, true) => {
             // An allowlist entry that the accepted blocklist blocked.
             for e in &current.entries {
                 if acc.entries.contains(e) {

@@ -31,6 +31,31 @@ pub struct Reply {
 /// Answers `query` (a DNS packet from the guest). `None` when it is not a
 /// well-formed query with one question: such packets are dropped.
 pub fn answer(query: &[u8], policy: &Policy, pool: &mut SyntheticPool) -> Option<Reply> {
+    answer_with(query, pool, |name| match name {
+        Some(n) => (policy.decide_name(n, None), ""),
+        None => (Verdict::Deny, ""),
+    })
+}
+
+/// The name a query asks about, checked and normalised: `None` when the
+/// packet is not a well-formed query with one question, `Some(None)` when
+/// its name is malformed.
+pub fn asked_name(query: &[u8]) -> Option<Option<String>> {
+    let q = Packet::parse(query).ok()?;
+    if q.has_flags(PacketFlag::RESPONSE) || q.questions.len() != 1 {
+        return None;
+    }
+    Some(normalize_name(&q.questions[0].qname.to_string()))
+}
+
+/// Answers `query` with what `decide` says about its checked name (`None`:
+/// malformed, which must be denied): the verdict and, when not empty, why
+/// (else the policy is the reason).
+pub fn answer_with<'w>(
+    query: &[u8],
+    pool: &mut SyntheticPool,
+    decide: impl FnOnce(Option<&str>) -> (Verdict, &'w str),
+) -> Option<Reply> {
     let q = Packet::parse(query).ok()?;
     if q.has_flags(PacketFlag::RESPONSE) || q.questions.len() != 1 {
         return None;
@@ -41,20 +66,30 @@ pub fn answer(query: &[u8], policy: &Policy, pool: &mut SyntheticPool) -> Option
     let mut reply = q.clone().into_reply();
     reply.set_flags(PacketFlag::RECURSION_AVAILABLE);
     let normal = normalize_name(&raw_name);
-    let verdict = match &normal {
-        Some(n) => policy.decide_name(n, None),
-        None => Verdict::Deny,
+    let (verdict, why) = decide(normal.as_deref());
+    // A malformed name is never answered, whatever `decide` said.
+    let verdict = if normal.is_none() {
+        Verdict::Deny
+    } else {
+        verdict
     };
     let reason;
     if verdict == Verdict::Deny {
         *reply.rcode_mut() = RCODE::NameError;
         reason = if normal.is_none() {
             "malformed name".to_string()
-        } else {
+        } else if why.is_empty() {
             "not allowed by the policy".to_string()
+        } else {
+            why.to_string()
         };
     } else {
         let name = normal.clone().unwrap_or_default();
+        let why = if why.is_empty() {
+            String::new()
+        } else {
+            format!("{why}; ")
+        };
         match qtype {
             QTYPE::TYPE(TYPE::A) | QTYPE::ANY => {
                 let addr: Ipv4Addr = pool.address_for(&name);
@@ -64,9 +99,9 @@ pub fn answer(query: &[u8], policy: &Policy, pool: &mut SyntheticPool) -> Option
                     TTL,
                     RData::A(A::from(addr)),
                 ));
-                reason = format!("synthetic address {addr}");
+                reason = format!("{why}synthetic address {addr}");
             }
-            _ => reason = "allowed; no records of this type".to_string(),
+            _ => reason = format!("{why}allowed; no records of this type"),
         }
     }
     let packet = reply.build_bytes_vec_compressed().ok()?;

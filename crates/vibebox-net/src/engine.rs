@@ -243,6 +243,16 @@ impl LivePolicy {
     }
 }
 
+/// A DNS query held while the person decides (ask mode).
+struct Held {
+    name: String,
+    query: Vec<u8>,
+    from: udp::UdpMetadata,
+}
+
+/// Lookups held at once (retries of a name included); more are refused.
+const MAX_HELD: usize = 64;
+
 /// The engine of one session.
 pub struct Engine {
     cfg: EngineConfig,
@@ -257,6 +267,10 @@ pub struct Engine {
     fixed_forwards: usize,
     dynamic: Option<(DynamicForwards, u64)>,
     live: Option<(LivePolicy, u64)>,
+    /// Ask mode's questions (none: nobody can ever be asked).
+    asks: Option<crate::ask::Asks>,
+    /// Lookups waiting for the person (ask mode).
+    held: Vec<Held>,
     next_local_port: u16,
     log: RateLimitedLog,
     resolver: Resolver,
@@ -279,6 +293,19 @@ fn now_event(
         reason: reason.to_string(),
         bytes_up: 0,
         bytes_down: 0,
+    }
+}
+
+/// May the guest connect to `name` on `port`: the policy, and in ask mode
+/// what the person allowed.
+fn decide_name(policy: &Policy, asks: Option<&crate::ask::Asks>, name: &str, port: u16) -> Verdict {
+    let v = policy.decide_name(name, Some(port));
+    let asked = policy.mode == vibebox_core::policy::NetworkMode::Ask
+        && asks.is_some_and(|a| a.allowed(name));
+    if v == Verdict::Deny && asked {
+        Verdict::Allow
+    } else {
+        v
     }
 }
 
@@ -324,6 +351,8 @@ impl Engine {
             fixed_forwards: 0,
             dynamic: None,
             live: None,
+            asks: None,
+            held: Vec::new(),
             next_local_port: 49152,
             log: RateLimitedLog::new(log),
             epoch,
@@ -355,6 +384,13 @@ impl Engine {
         self
     }
 
+    /// In ask mode, holds lookups of unlisted names while `asks` puts the
+    /// question to the person.
+    pub fn with_asks(mut self, asks: crate::ask::Asks) -> Engine {
+        self.asks = Some(asks);
+        self
+    }
+
     /// Takes up a changed policy: new connections and lookups follow it, and
     /// the open connections it refuses are closed (with a reset).
     fn refresh_policy(&mut self) {
@@ -373,7 +409,9 @@ impl Engine {
                 continue;
             }
             let verdict = match &conn.target {
-                Target::Name(n) => self.cfg.policy.decide_name(n, Some(conn.dest.port())),
+                Target::Name(n) => {
+                    decide_name(&self.cfg.policy, self.asks.as_ref(), n, conn.dest.port())
+                }
                 Target::Addr(ip) => self.cfg.policy.decide_ip(IpAddr::V4(*ip), conn.dest.port()),
                 Target::Forward => Verdict::Allow,
             };
@@ -481,7 +519,7 @@ impl Engine {
         let (target, verdict, reason, name) = if SyntheticPool::in_range(dst) {
             match self.pool.name_of(dst).map(str::to_string) {
                 Some(name) => {
-                    let v = self.cfg.policy.decide_name(&name, Some(port));
+                    let v = decide_name(&self.cfg.policy, self.asks.as_ref(), &name, port);
                     (
                         Target::Name(name.clone()),
                         v,
@@ -635,13 +673,88 @@ impl Engine {
             let Ok((n, meta)) = socket.recv_slice(&mut buf) else {
                 break;
             };
-            let Some(reply) = crate::dns::answer(&buf[..n], &self.cfg.policy, &mut self.pool)
-            else {
+            let query = &buf[..n];
+            if let Some(name) = self.to_ask(query) {
+                let consult = match &self.asks {
+                    Some(asks) => asks.consult(&name),
+                    None => crate::ask::Consult::Deny(
+                        "ask mode: nobody is attached at a host terminal to ask",
+                    ),
+                };
+                let (verdict, why) = match consult {
+                    crate::ask::Consult::Wait if self.held.len() < MAX_HELD => {
+                        self.held.push(Held {
+                            name,
+                            query: query.to_vec(),
+                            from: meta,
+                        });
+                        continue;
+                    }
+                    crate::ask::Consult::Wait => {
+                        (Verdict::Deny, "ask mode: too many lookups are waiting")
+                    }
+                    crate::ask::Consult::Allow(why) => (Verdict::Allow, why),
+                    crate::ask::Consult::Deny(why) => (Verdict::Deny, why),
+                };
+                self.reply_dns(query.to_vec(), meta, verdict, why);
+                continue;
+            }
+            let Some(reply) = crate::dns::answer(query, &self.cfg.policy, &mut self.pool) else {
                 continue;
             };
             let socket = self.sockets.get_mut::<udp::Socket>(self.dns);
             let _ = socket.send_slice(&reply.packet, meta.endpoint);
             self.log.log(&reply.event);
+        }
+        self.release_held();
+    }
+
+    /// In ask mode, the name of a query to put to the person: a well-formed
+    /// name the policy does not list.
+    fn to_ask(&self, query: &[u8]) -> Option<String> {
+        if self.cfg.policy.mode != vibebox_core::policy::NetworkMode::Ask {
+            return None;
+        }
+        let name = crate::dns::asked_name(query)??;
+        (self.cfg.policy.decide_name(&name, None) == Verdict::Deny).then_some(name)
+    }
+
+    /// Answers `query` with `verdict` (and why) and logs it.
+    fn reply_dns(&mut self, query: Vec<u8>, from: udp::UdpMetadata, verdict: Verdict, why: &str) {
+        let Some(reply) = crate::dns::answer_with(&query, &mut self.pool, |_| (verdict, why))
+        else {
+            return;
+        };
+        let socket = self.sockets.get_mut::<udp::Socket>(self.dns);
+        let _ = socket.send_slice(&reply.packet, from.endpoint);
+        self.log.log(&reply.event);
+    }
+
+    /// Answers the held lookups the person decided (or whose question was
+    /// withdrawn); a reloaded policy that lists the name answers them too.
+    fn release_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        for h in held {
+            let listed = self.cfg.policy.decide_name(&h.name, None) == Verdict::Allow;
+            let standing = match (&self.asks, listed) {
+                (_, true) => crate::ask::Standing::Decided(true, "listed by the reloaded policy"),
+                (Some(asks), false) => asks.standing(&h.name),
+                (None, false) => crate::ask::Standing::Decided(false, "ask mode: nobody to ask"),
+            };
+            match standing {
+                crate::ask::Standing::Waiting => self.held.push(h),
+                crate::ask::Standing::Decided(allowed, why) => {
+                    let verdict = if allowed {
+                        Verdict::Allow
+                    } else {
+                        Verdict::Deny
+                    };
+                    self.reply_dns(h.query, h.from, verdict, why);
+                }
+            }
         }
     }
 

@@ -5,6 +5,8 @@
 //!   back to exactly the name it came from;
 //! - [`dns`]: answers the guest's DNS queries from the policy alone (blocked
 //!   names get NXDOMAIN and are never sent upstream);
+//! - [`ask`]: ask mode: lookups of unlisted names held while the person at
+//!   an attached terminal decides;
 //! - [`log`]: one JSON object a line per decision, for `.vibebox/logs/network.log`.
 //!
 //! - [`engine`]: the packet engine on the guest's NIC (smoltcp), relaying
@@ -17,6 +19,7 @@
 //!   non-blocking connects.
 #![warn(missing_docs)]
 
+pub mod ask;
 pub mod dns;
 pub mod engine;
 pub mod link;

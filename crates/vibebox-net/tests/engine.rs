@@ -101,6 +101,17 @@ impl Guest {
 
     /// Resolves `name` through the engine's DNS: Ok(address) or Err(rcode).
     fn resolve(&mut self, name: &str) -> Result<Ipv4Addr, RCODE> {
+        let h = self.send_query(name);
+        let mut reply = None;
+        self.until(Duration::from_secs(5), |g| {
+            reply = g.dns_reply(h);
+            reply.is_some()
+        });
+        reply.expect("a DNS reply")
+    }
+
+    /// Sends a type A query for `name` to the engine's DNS.
+    fn send_query(&mut self, name: &str) -> SocketHandle {
         let mut s = udp::Socket::new(
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
@@ -117,29 +128,27 @@ impl Guest {
         let bytes = q.build_bytes_vec().unwrap();
         s.send_slice(&bytes, IpEndpoint::new(IpAddress::Ipv4(GATEWAY), 53))
             .unwrap();
-        let h = self.sockets.add(s);
-        let mut reply = Vec::new();
-        self.until(Duration::from_secs(5), |g| {
-            let s = g.sockets.get_mut::<udp::Socket>(h);
-            let mut buf = [0u8; 1500];
-            if let Ok((n, _)) = s.recv_slice(&mut buf) {
-                reply = buf[..n].to_vec();
-                true
-            } else {
-                false
-            }
-        });
-        let p = Packet::parse(&reply).expect("a DNS reply");
+        self.sockets.add(s)
+    }
+
+    /// The reply to the query of `h`, once it came: Ok(address) or Err(rcode).
+    fn dns_reply(&mut self, h: SocketHandle) -> Option<Result<Ipv4Addr, RCODE>> {
+        let s = self.sockets.get_mut::<udp::Socket>(h);
+        let mut buf = [0u8; 1500];
+        let (n, _) = s.recv_slice(&mut buf).ok()?;
+        let p = Packet::parse(&buf[..n]).expect("a DNS reply");
         if p.rcode() != RCODE::NoError {
-            return Err(p.rcode());
+            return Some(Err(p.rcode()));
         }
-        p.answers
-            .iter()
-            .find_map(|a| match &a.rdata {
-                RData::A(a) => Some(Ipv4Addr::from(a.address)),
-                _ => None,
-            })
-            .ok_or(RCODE::NoError)
+        Some(
+            p.answers
+                .iter()
+                .find_map(|a| match &a.rdata {
+                    RData::A(a) => Some(Ipv4Addr::from(a.address)),
+                    _ => None,
+                })
+                .ok_or(RCODE::NoError),
+        )
     }
 
     fn connect(&mut self, ip: Ipv4Addr, port: u16) -> SocketHandle {
@@ -277,6 +286,28 @@ fn start_engine(
         Some(live) => engine.with_live_policy(live),
         None => engine,
     };
+    run_engine(engine, events)
+}
+
+/// An engine of `policy` whose decisions go to the returned list.
+fn new_engine(policy: Policy, hosts: &[(&str, &str)]) -> (Engine, Arc<Mutex<Vec<NetworkEvent>>>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let engine = Engine::new(
+        EngineConfig {
+            policy,
+            hosts: host_map(hosts),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        },
+        Box::new(move |e: &NetworkEvent| ev.lock().unwrap().push(e.clone())),
+    );
+    (engine, events)
+}
+
+fn run_engine(
+    engine: Engine,
+    events: Arc<Mutex<Vec<NetworkEvent>>>,
+) -> (Guest, Arc<Mutex<Vec<NetworkEvent>>>) {
     let (a, b) = UnixStream::pair().unwrap();
     std::thread::spawn(move || engine.run(a));
     (Guest::new(b), events)
@@ -699,4 +730,83 @@ fn a_reloaded_policy_closes_what_it_refuses_and_opens_what_it_adds() {
             .any(|e| e.reason.contains("reloaded policy")
                 && e.name.as_deref() == Some("allowed.test"))
     );
+}
+
+/// Ask mode: an unlisted name waits for the person; "once" answers the held
+/// lookup and opens connections to the name; "deny" sticks; with nobody to
+/// ask, a lookup is refused at once; a listed name never asks.
+#[test]
+fn ask_mode_holds_a_lookup_until_the_person_answers() {
+    use vibebox_net::ask::{Answer, Asks};
+    let (port, seen) = server("hello after asking");
+    let hosts = [
+        ("listed.test", "127.0.0.1"),
+        ("asked.test", "127.0.0.1"),
+        ("denied.test", "127.0.0.1"),
+    ];
+    let mut policy = allowlist(&["listed.test"]);
+    policy.mode = NetworkMode::Ask;
+    let asks = Asks::default();
+    let (engine, events) = new_engine(policy, &hosts);
+    let (mut g, events) = run_engine(engine.with_asks(asks.clone()), events);
+
+    // Nobody attached: refused at once, and logged so.
+    assert_eq!(g.resolve("asked.test"), Err(RCODE::NameError));
+    assert!(asks.waiting().is_empty());
+    assert!(refused(&events, "nobody is attached"));
+    assert!(g.resolve("listed.test").is_ok());
+
+    asks.add_asker();
+    let h = g.send_query("asked.test");
+    assert!(
+        g.until(Duration::from_secs(5), |_| !asks.waiting().is_empty()),
+        "no question was asked"
+    );
+    // The lookup is held, not answered, while the question waits.
+    assert!(!g.until(Duration::from_millis(500), |g| g.dns_reply(h).is_some()));
+    let q = asks.waiting();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].name, "asked.test");
+    assert!(g.resolve("listed.test").is_ok(), "other lookups go on");
+    asks.answer(q[0].id, Answer::Once).unwrap();
+    let mut reply = None;
+    assert!(g.until(Duration::from_secs(5), |g| {
+        reply = g.dns_reply(h);
+        reply.is_some()
+    }));
+    let ip = reply
+        .unwrap()
+        .expect("the held lookup is answered with an address");
+    let c = g.connect(ip, port);
+    let text =
+        String::from_utf8_lossy(&g.exchange(c, b"GET / HTTP/1.1\r\nHost: asked.test\r\n\r\n"))
+            .into_owned();
+    assert!(text.contains("hello after asking"), "{text}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // Denied: the held lookup fails, and later ones fail without a question.
+    let h = g.send_query("denied.test");
+    assert!(g.until(Duration::from_secs(5), |_| !asks.waiting().is_empty()));
+    let q = asks.waiting();
+    asks.answer(q[0].id, Answer::Deny).unwrap();
+    let mut reply = None;
+    assert!(g.until(Duration::from_secs(5), |g| {
+        reply = g.dns_reply(h);
+        reply.is_some()
+    }));
+    assert_eq!(reply.unwrap(), Err(RCODE::NameError));
+    assert_eq!(g.resolve("denied.test"), Err(RCODE::NameError));
+    assert!(asks.waiting().is_empty());
+    assert!(refused(&events, "denied by the person"));
+
+    // The last terminal leaves while a question waits: the lookup fails.
+    let h = g.send_query("gone.test");
+    assert!(g.until(Duration::from_secs(5), |_| !asks.waiting().is_empty()));
+    asks.remove_asker();
+    let mut reply = None;
+    assert!(g.until(Duration::from_secs(5), |g| {
+        reply = g.dns_reply(h);
+        reply.is_some()
+    }));
+    assert_eq!(reply.unwrap(), Err(RCODE::NameError));
 }

@@ -175,6 +175,7 @@ pub fn render(x: &Explanation) -> String {
         NetworkMode::Blocklist => {
             "Network   blocklist: everything but these is reachable".to_string()
         }
+        NetworkMode::Ask => "Network   ask: these are reachable; a lookup of any other name asks at an attached `vibebox` terminal (refused when none is attached)".to_string(),
     });
     if n.entries.is_empty() {
         line("  (no entries)".into());
