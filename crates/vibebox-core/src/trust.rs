@@ -101,6 +101,17 @@ impl Grants {
         Grants::of(&config, &hosts, &[], Path::new("/nonexistent-project"))
     }
 
+    /// Records `entry` (a network entry as `explain` shows it) as one the
+    /// person made reachable (ask mode's "allow always").
+    pub fn accept_entry(&mut self, entry: &str) {
+        if self.mode.lists_what_is_reachable() {
+            self.entries.insert(entry.to_string());
+        } else {
+            // An accepted blocklist: the entry is no longer one it blocks.
+            self.entries.remove(entry);
+        }
+    }
+
     /// Every grant, one line each, for `vibebox trust`.
     pub fn describe(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -417,6 +428,41 @@ impl TrustStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_allowed_always_is_no_widening_afterwards() {
+        let d = defaults();
+        // With the default allowlist accepted, c.example below is new; the
+        // accepted blocklist made it reachable already.
+        for (accepted_src, more_widens) in [
+            ("", 1),
+            ("[network]\nmode = \"blocklist\"\nentries = [\"b.example\"]\n", 0),
+        ] {
+            let mut acc = grants(accepted_src, &[]);
+            acc.accept_entry("b.example");
+            let now = grants("[network]\nmode = \"ask\"\nentries = [\"b.example\"]\n", &[]);
+            assert!(widening(&now, Some(&acc), &d).is_empty(), "{accepted_src}");
+            let more = grants(
+                "[network]\nmode = \"ask\"\nentries = [\"b.example\", \"c.example\"]\n",
+                &[],
+            );
+            assert_eq!(
+                widening(&more, Some(&acc), &d).len(),
+                more_widens,
+                "{accepted_src}"
+            );
+        }
+    }
+
+    #[test]
+    fn ask_mode_grants_what_an_allowlist_grants() {
+        let d = defaults();
+        let ask = grants("[network]\nmode = \"ask\"\n", &[]);
+        assert!(widening(&ask, None, &d).is_empty());
+        let acc = grants("[network]\nmode = \"ask\"\n", &[]);
+        let block = grants("[network]\nmode = \"blocklist\"\n", &[]);
+        assert_eq!(widening(&block, Some(&acc), &d), vec![Widening::Blocklist]);
+    }
 
     fn grants(src: &str, mounts: &[&str]) -> Grants {
         let c = Config::parse(src, Path::new("/p/vibebox.toml")).unwrap();

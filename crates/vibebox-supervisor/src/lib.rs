@@ -14,12 +14,14 @@
 //! - [`guest`]: what the supervisor asks the box over SSH (are terminals running);
 //! - [`ports`]: automatic port forwards of what the box listens on;
 //! - [`reload`]: a changed `[network]` applied to the running box;
+//! - [`ask`]: ask mode's answers ("allow always" written to vibebox.toml);
 //! - [`moves`]: the index following a project that moves while its box runs.
 //!
 //! The machine itself is started by a runtime (`vibebox_core::runtime`); the
 //! CLI's `__supervise` command only reads the plan and calls [`supervise`].
 #![warn(missing_docs)]
 
+pub mod ask;
 pub mod error;
 pub mod guest;
 pub mod lease;

@@ -19,8 +19,13 @@ use serde::{Deserialize, Serialize};
 pub enum Request {
     /// The status, once.
     Status,
-    /// Hold a reference and follow the status.
-    Attach,
+    /// Hold a reference and follow the status; `answers`: a person at this
+    /// client's terminal answers ask mode's questions.
+    Attach {
+        /// The client shows questions and sends answers.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        answers: bool,
+    },
     /// Stop the session now: suspend it, or power it off with `shutdown`.
     Stop {
         /// Power off instead of suspending (and forget a suspended state).
@@ -33,6 +38,24 @@ pub enum Request {
         /// The text of vibebox.toml.
         config: String,
     },
+    /// The person's answer to an ask-mode question; gets one [`Answered`].
+    Answer {
+        /// The question ([`Status::questions`]).
+        id: u64,
+        /// The answer.
+        answer: Answer,
+    },
+}
+
+pub use vibebox_net::ask::{Answer, Question};
+
+/// The answer to [`Request::Answer`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answered {
+    /// Whether the answer was taken.
+    pub ok: bool,
+    /// What it did, or why not.
+    pub message: String,
 }
 
 /// The answer to [`Request::Reload`].
@@ -100,6 +123,10 @@ pub struct Status {
     /// the project's directory moves on the host).
     #[serde(default)]
     pub guest_dir: Option<String>,
+    /// Ask mode's questions waiting for a person (names the box looked up:
+    /// checked, but chosen by the box).
+    #[serde(default)]
+    pub questions: Vec<Question>,
 }
 
 /// A guest port and how the host reaches it.
@@ -166,7 +193,13 @@ impl Drop for Following {
 impl Attachment {
     /// Attaches to the supervisor at `socket`.
     pub fn connect(socket: &Path) -> std::io::Result<Attachment> {
-        let stream = request(socket, Request::Attach)?;
+        Attachment::connect_as(socket, false)
+    }
+
+    /// Attaches to the supervisor at `socket`; with `answers`, as a client
+    /// whose person answers ask mode's questions.
+    pub fn connect_as(socket: &Path, answers: bool) -> std::io::Result<Attachment> {
+        let stream = request(socket, Request::Attach { answers })?;
         Ok(Attachment {
             reader: BufReader::new(stream),
         })
@@ -217,6 +250,19 @@ pub fn reload(socket: &Path, config: &str) -> std::io::Result<Option<Reloaded>> 
         .map_err(std::io::Error::other)
 }
 
+/// Sends the person's `answer` to question `id`.
+pub fn answer(socket: &Path, id: u64, answer: Answer) -> std::io::Result<Answered> {
+    let stream = request(socket, Request::Answer { id, answer })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let line = read_line(&mut BufReader::new(stream))?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the supervisor hung up without an answer",
+        )
+    })?;
+    serde_json::from_str(&line).map_err(std::io::Error::other)
+}
+
 /// Asks the supervisor at `socket` to stop the session (suspend it, or power
 /// it off with `shutdown`), and waits until it no longer answers (at most a
 /// minute).
@@ -242,9 +288,21 @@ mod tests {
     #[test]
     fn the_wire_format_is_one_json_object_a_line() {
         assert_eq!(
-            serde_json::to_string(&Request::Attach).unwrap(),
+            serde_json::to_string(&Request::Attach { answers: false }).unwrap(),
             r#"{"op":"attach"}"#
         );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"attach"}"#).unwrap(),
+            Request::Attach { answers: false }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"answer","id":3,"answer":"once"}"#).unwrap(),
+            Request::Answer {
+                id: 3,
+                answer: Answer::Once
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"answer","id":3,"answer":"maybe"}"#).is_err());
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"stop"}"#).unwrap(),
             Request::Stop { shutdown: false }
@@ -268,6 +326,10 @@ mod tests {
                 note: None,
             }],
             guest_dir: Some("/home/vibecoder/app".into()),
+            questions: vec![Question {
+                id: 1,
+                name: "example.com".into(),
+            }],
         };
         let text = serde_json::to_string(&s).unwrap();
         assert!(text.contains(r#""state":"running""#), "{text}");

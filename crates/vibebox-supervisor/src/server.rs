@@ -7,7 +7,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::lease::Lease;
-use crate::protocol::{read_line, Request, SessionState, Status};
+use crate::protocol::{read_line, Answer, Answered, Request, SessionState, Status};
+use vibebox_net::ask::Asks;
 
 /// What the server knows; changed only through [`Server::update`].
 #[derive(Debug)]
@@ -36,17 +37,22 @@ pub enum Stop {
 /// What applies a reloaded config to the running box.
 pub type ReloadFn = dyn Fn(&str) -> crate::protocol::Reloaded + Send + Sync;
 
+/// What takes the person's answer to an ask-mode question.
+pub type AnswerFn = dyn Fn(u64, Answer) -> Answered + Send + Sync;
+
 /// A handle on the server's state (cheap to clone).
 #[derive(Clone)]
 pub struct Server {
     state: Arc<(Mutex<Shared>, Condvar)>,
     reload: Arc<Mutex<Option<Arc<ReloadFn>>>>,
+    answer: Arc<Mutex<Option<Arc<AnswerFn>>>>,
+    asks: Asks,
 }
 
 impl Server {
     /// A server for a session starting now, with supervisor process `pid`.
     pub fn new(pid: u32, grace: Duration) -> Server {
-        Server {
+        let server = Server {
             state: Arc::new((
                 Mutex::new(Shared {
                     status: Status {
@@ -57,6 +63,7 @@ impl Server {
                         detail: None,
                         ports: Vec::new(),
                         guest_dir: None,
+                        questions: Vec::new(),
                     },
                     stop: None,
                     lease: Lease::new(grace, Instant::now()),
@@ -65,7 +72,27 @@ impl Server {
                 Condvar::new(),
             )),
             reload: Arc::new(Mutex::new(None)),
-        }
+            answer: Arc::new(Mutex::new(None)),
+            asks: Asks::default(),
+        };
+        // The waiting questions go to the clients with the status.
+        let state = Arc::downgrade(&server.state);
+        server.asks.on_change(move |questions| {
+            if let Some(state) = state.upgrade() {
+                Server::update_state(&state, |s| s.status.questions = questions);
+            }
+        });
+        server
+    }
+
+    /// Ask mode's questions of this session (the engines hold the lookups).
+    pub fn asks(&self) -> Asks {
+        self.asks.clone()
+    }
+
+    /// What `answer` requests run (none until the box runs).
+    pub fn on_answer(&self, f: Arc<AnswerFn>) {
+        *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     /// What `reload` requests run (none until the box runs).
@@ -75,7 +102,11 @@ impl Server {
 
     /// Changes the state and tells every attached client.
     pub fn update(&self, f: impl FnOnce(&mut Shared)) {
-        let (lock, cv) = &*self.state;
+        Server::update_state(&self.state, f);
+    }
+
+    fn update_state(state: &(Mutex<Shared>, Condvar), f: impl FnOnce(&mut Shared)) {
+        let (lock, cv) = state;
         let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut s);
         s.status.clients = s.lease.clients();
@@ -158,7 +189,33 @@ impl Server {
                 Server::send(&mut stream, &self.status());
             }
             Some(Request::Stop { shutdown }) => self.update(|s| s.stop = Some(shutdown)),
-            Some(Request::Attach) => self.attached(stream, reader),
+            Some(Request::Attach { answers }) => {
+                if answers {
+                    self.asks.add_asker();
+                }
+                self.attached(stream, reader);
+                if answers {
+                    self.asks.remove_asker();
+                }
+            }
+            Some(Request::Answer { id, answer }) => {
+                let f = self
+                    .answer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let answered = match f {
+                    Some(f) => f(id, answer),
+                    None => Answered {
+                        ok: false,
+                        message: "the box is not running".into(),
+                    },
+                };
+                if let Ok(mut line) = serde_json::to_string(&answered) {
+                    line.push('\n');
+                    let _ = stream.write_all(line.as_bytes());
+                }
+            }
             Some(Request::Reload { config }) => {
                 let f = self
                     .reload

@@ -66,6 +66,7 @@ fn start_engine(
     ssh: std::net::TcpListener,
     dynamic: engine::DynamicForwards,
     live: engine::LivePolicy,
+    asks: vibebox_net::ask::Asks,
 ) -> Result<(), SupervisorError> {
     let streams = UnixListener::bind(&network.socket)
         .because(|| format!("cannot listen on {}", network.socket.display()))?;
@@ -109,7 +110,8 @@ fn start_engine(
             )
             .with_forwards(forwards)
             .with_dynamic_forwards(dynamic.clone())
-            .with_live_policy(live.clone()),
+            .with_live_policy(live.clone())
+            .with_asks(asks.clone()),
         )
     });
     let make = new_engine.clone();
@@ -267,6 +269,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             ssh_listener,
             dynamic.clone(),
             live.clone(),
+            state.asks(),
         )?;
         let request = StartRequest {
             plan,
@@ -323,6 +326,16 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     let stop_watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let here = crate::moves::follow_moves(&project, &host.vibebox_home, stop_watching.clone());
     state.on_reload(crate::reload::reloader(&plan.config_file, &config, live));
+    state.on_answer(crate::ask::answerer(
+        state.asks(),
+        crate::ask::Keep {
+            config_file: plan.config_file.clone(),
+            project_dir: project.dir().to_path_buf(),
+            vibebox_home: host.vibebox_home.clone(),
+            host_home: host.host_home.clone(),
+            session,
+        },
+    ));
     crate::ports::PortWatch {
         guest: guest.clone(),
         server: state.clone(),
