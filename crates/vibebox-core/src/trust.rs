@@ -436,11 +436,17 @@ mod tests {
         // accepted blocklist made it reachable already.
         for (accepted_src, more_widens) in [
             ("", 1),
-            ("[network]\nmode = \"blocklist\"\nentries = [\"b.example\"]\n", 0),
+            (
+                "[network]\nmode = \"blocklist\"\nentries = [\"b.example\"]\n",
+                0,
+            ),
         ] {
             let mut acc = grants(accepted_src, &[]);
             acc.accept_entry("b.example");
-            let now = grants("[network]\nmode = \"ask\"\nentries = [\"b.example\"]\n", &[]);
+            let now = grants(
+                "[network]\nmode = \"ask\"\nentries = [\"b.example\"]\n",
+                &[],
+            );
             assert!(widening(&now, Some(&acc), &d).is_empty(), "{accepted_src}");
             let more = grants(
                 "[network]\nmode = \"ask\"\nentries = [\"b.example\", \"c.example\"]\n",

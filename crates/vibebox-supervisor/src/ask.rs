@@ -166,7 +166,8 @@ mod tests {
         assert!(!acc.entries.contains("evil.example"));
         // Twice: no duplicate.
         k.add("asked.example").unwrap();
-        let c = Config::parse(&fs::read_to_string(&k.config_file).unwrap(), &k.config_file).unwrap();
+        let c =
+            Config::parse(&fs::read_to_string(&k.config_file).unwrap(), &k.config_file).unwrap();
         assert_eq!(c.network.entries.len(), 3);
     }
 

@@ -123,6 +123,10 @@ pub struct Status {
     /// the project's directory moves on the host).
     #[serde(default)]
     pub guest_dir: Option<String>,
+    /// Whether the box's network is in ask mode (interactive clients then
+    /// attach as ones that answer).
+    #[serde(default)]
+    pub ask: bool,
     /// Ask mode's questions waiting for a person (names the box looked up:
     /// checked, but chosen by the box).
     #[serde(default)]
@@ -302,7 +306,9 @@ mod tests {
                 answer: Answer::Once
             }
         );
-        assert!(serde_json::from_str::<Request>(r#"{"op":"answer","id":3,"answer":"maybe"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"answer","id":3,"answer":"maybe"}"#).is_err()
+        );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"stop"}"#).unwrap(),
             Request::Stop { shutdown: false }
@@ -326,6 +332,7 @@ mod tests {
                 note: None,
             }],
             guest_dir: Some("/home/vibecoder/app".into()),
+            ask: true,
             questions: vec![Question {
                 id: 1,
                 name: "example.com".into(),

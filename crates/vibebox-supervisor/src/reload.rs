@@ -15,6 +15,7 @@ pub fn reloader(
     file: &Path,
     config: &Config,
     live: engine::LivePolicy,
+    server: crate::server::Server,
 ) -> std::sync::Arc<crate::server::ReloadFn> {
     let file = file.to_path_buf();
     let current = std::sync::Mutex::new(config.clone());
@@ -59,6 +60,9 @@ pub fn reloader(
             policy: Policy::new(n.mode, n.entries.clone()),
             hosts: n.hosts.clone().into_iter().collect(),
         });
+        let ask = n.mode == vibebox_core::policy::NetworkMode::Ask;
+        server.update(|s| s.status.ask = ask);
+        let newly_asking = ask && o.mode != n.mode;
         let mut message = if applied.is_empty() {
             "the network policy is unchanged".to_string()
         } else {
@@ -72,6 +76,11 @@ pub fn reloader(
                 "; {} change at the next start (`vibebox stop` first)",
                 later.join(", ")
             ));
+        }
+        if newly_asking {
+            message.push_str(
+                "; the questions go to `vibebox` terminals opened from now on (the ones open now cannot answer)",
+            );
         }
         eprintln!("[{}] reload: {message}", jiff::Timestamp::now());
         *old = new;

@@ -63,6 +63,7 @@ impl Server {
                         detail: None,
                         ports: Vec::new(),
                         guest_dir: None,
+                        ask: false,
                         questions: Vec::new(),
                     },
                     stop: None,

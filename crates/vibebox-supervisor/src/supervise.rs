@@ -294,9 +294,11 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         };
         events.log("the shared SSH connection is open");
         let guest_dir = vibebox_core::mounts::project_guest_path(project.dir());
+        let ask = config.network.mode == vibebox_core::policy::NetworkMode::Ask;
         state.update(|s| {
             s.status.ssh_port = Some(ssh_port);
             s.status.guest_dir = Some(guest_dir);
+            s.status.ask = ask;
         });
         Ok((machine, master))
     })();
@@ -325,7 +327,12 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     let mut held_by_terminal = false;
     let stop_watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let here = crate::moves::follow_moves(&project, &host.vibebox_home, stop_watching.clone());
-    state.on_reload(crate::reload::reloader(&plan.config_file, &config, live));
+    state.on_reload(crate::reload::reloader(
+        &plan.config_file,
+        &config,
+        live,
+        state.clone(),
+    ));
     state.on_answer(crate::ask::answerer(
         state.asks(),
         crate::ask::Keep {

@@ -35,6 +35,9 @@ pub struct Attached {
     pub status: Status,
     /// The session id.
     pub session: uuid::Uuid,
+    /// Ask mode: the questions this terminal answers, and the supervisor's
+    /// socket the answers go to.
+    pub questions: Option<(crate::asking::Questions, std::path::PathBuf)>,
 }
 
 /// Builds the base image if the config's image does not exist yet.
@@ -149,6 +152,7 @@ pub fn ensure_running(
                         reference: Reference::Held(attachment),
                         status,
                         session,
+                        questions: None,
                     })
                 }
                 SessionState::Failed => {
@@ -184,14 +188,38 @@ impl Attached {
 
     /// From now on, tells the person at this terminal (one line on stderr)
     /// when a port of the box becomes reachable from the host, or stops
-    /// being; the ports already forwarded are told at once.
-    pub fn notify_ports(&mut self) {
+    /// being; the ports already forwarded are told at once. When the box is
+    /// in ask mode, this terminal also answers its questions (the ssh that
+    /// [`run_ssh`] and [`run_ssh_tty`] start then gets the keyboard through
+    /// [`crate::asking`]).
+    pub fn follow_at_terminal(&mut self, project: &Project) {
         let mut seen = self.status.ports.clone();
         for f in &seen {
             eprintln!("vibebox: {}", crate::commands::ports::describe(f));
         }
-        let Reference::Held(a) = std::mem::replace(&mut self.reference, Reference::None) else {
-            return;
+        let answering = self.status.ask && std::io::stderr().is_terminal();
+        let socket = project.socket_path();
+        // A new reference is taken before the old one goes: the count never
+        // drops to zero in between.
+        let attachment = if answering {
+            Attachment::connect_as(&socket, true).ok()
+        } else {
+            None
+        };
+        let questions = crate::asking::Questions::default();
+        let a = match (
+            attachment,
+            std::mem::replace(&mut self.reference, Reference::None),
+        ) {
+            (Some(new), _) => {
+                self.questions = Some((questions.clone(), socket));
+                new
+            }
+            (None, Reference::Held(old)) => old,
+            (None, other) => {
+                self.reference = other;
+                return;
+            }
         };
         let follow = a.follow(move |status| {
             for f in status.ports.iter().filter(|f| !seen.contains(f)) {
@@ -202,9 +230,11 @@ impl Attached {
                 eprint!("\r\nvibebox: port {} in the box is closed; 127.0.0.1:{} is no longer forwarded\r\n", f.guest, f.host.unwrap_or_default());
             }
             seen = status.ports;
+            questions.set(status.questions);
         });
-        if let Ok(following) = follow {
-            self.reference = Reference::Followed(following);
+        match follow {
+            Ok(following) => self.reference = Reference::Followed(following),
+            Err(_) => self.questions = None,
         }
     }
 }
@@ -241,6 +271,15 @@ fn guest_ssh(
     Ok(cmd)
 }
 
+/// Runs `cmd` (an ssh) to its end: with the keyboard relayed when this
+/// terminal answers ask mode's questions.
+fn run_at_terminal(attached: &Attached, cmd: Command) -> anyhow::Result<i32> {
+    match &attached.questions {
+        Some((questions, socket)) => crate::asking::run(cmd, socket.clone(), questions.clone()),
+        None => exit_code(cmd),
+    }
+}
+
 fn exit_code(mut cmd: Command) -> anyhow::Result<i32> {
     let status = cmd
         .status()
@@ -255,22 +294,20 @@ pub fn run_ssh(
     attached: &Attached,
     remote: Option<String>,
 ) -> anyhow::Result<i32> {
-    let cmd = match remote {
-        None => guest_ssh(
-            project,
+    match remote {
+        None if std::io::stdin().is_terminal() => run_at_terminal(
             attached,
-            std::io::stdin().is_terminal(),
-            "exec bash -l",
-        )?,
-        Some(line) => guest_ssh(project, attached, false, &line)?,
-    };
-    exit_code(cmd)
+            guest_ssh(project, attached, true, "exec bash -l")?,
+        ),
+        None => exit_code(guest_ssh(project, attached, false, "exec bash -l")?),
+        Some(line) => exit_code(guest_ssh(project, attached, false, &line)?),
+    }
 }
 
 /// Runs `line` (a shell command line) in the guest's project directory on a
 /// terminal (`ssh -t`); returns its exit code.
 pub fn run_ssh_tty(project: &Project, attached: &Attached, line: &str) -> anyhow::Result<i32> {
-    exit_code(guest_ssh(project, attached, true, line)?)
+    run_at_terminal(attached, guest_ssh(project, attached, true, line)?)
 }
 
 /// Runs `line` (a shell command line) in the guest's project directory with

@@ -1,5 +1,6 @@
 //! The `vibebox` command.
 
+mod asking;
 mod attach;
 mod cli;
 mod commands;

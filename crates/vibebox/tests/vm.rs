@@ -529,6 +529,18 @@ fn shell_and_box_commands(rt: Rt) {
 
 both_runtimes!(shell_and_box_commands);
 
+/// Whether `curl` in the box of `dir` reaches the stand-in server on `port`
+/// by `name` (within a minute).
+fn reaches_stand_in(w: &World, dir: &std::path::Path, name: &str, port: u16) -> bool {
+    let out = w
+        .vm(dir)
+        .args(["exec", "--", "curl", "-s", "--max-time", "60"])
+        .arg(format!("http://{name}:{port}/"))
+        .output()
+        .unwrap();
+    stdout(&out).contains("REACHED-THE-STAND-IN-SERVER")
+}
+
 /// A stand-in internet server on 127.0.0.1 that records what reaches it.
 fn recording_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{Read, Write};
@@ -1964,15 +1976,7 @@ fn reload_changes_the_policy_of_a_running_box(rt: Rt) {
         "{:?}",
         terminals(&w, &dir)
     );
-    let get = |name: &str| {
-        let out = w
-            .vm(&dir)
-            .args(["exec", "--", "curl", "-s", "--max-time", "20"])
-            .arg(format!("http://{name}:{web}/"))
-            .output()
-            .unwrap();
-        stdout(&out).contains("REACHED-THE-STAND-IN-SERVER")
-    };
+    let get = |name: &str| reaches_stand_in(&w, &dir, name, web);
     assert!(!get("later.test"));
 
     // A widening without a terminal: refused, nothing changes.
@@ -2009,6 +2013,115 @@ fn reload_changes_the_policy_of_a_running_box(rt: Rt) {
 }
 
 both_runtimes!(reload_changes_the_policy_of_a_running_box);
+
+/// Ask mode: with nobody at a terminal an unlisted name is refused at once;
+/// with a person attached, the lookup waits for the answer: "always" lets
+/// it through and writes the name to vibebox.toml (accepted: the next start
+/// asks nothing), "deny" refuses it and the keys typed meanwhile never reach
+/// the box, "once" (for a lookup by another client) lasts until the box
+/// stops and is written nowhere.
+fn ask_mode_asks_the_person_at_the_terminal(rt: Rt) {
+    let Some((_serial, w)) = begin(rt) else {
+        return;
+    };
+    let Some(host) = vm::HostTmux::new() else {
+        return;
+    };
+    let (web, _seen) = recording_server();
+    let dir = w.project("ask");
+    let names = ["listed", "asked", "denied", "once", "later"];
+    let hosts: Vec<String> = names
+        .iter()
+        .map(|n| format!("\"{n}.test\" = \"127.0.0.1\""))
+        .collect();
+    fs::write(
+        dir.join("vibebox.toml"),
+        format!(
+            "[box]\nmounts = []\n[supervisor]\nauto_shutdown_ms = 60000\n[network]\nmode = \"ask\"\nentries = [\"listed.test\"]\nhosts = {{ {} }}\n",
+            hosts.join(", ")
+        ),
+    )
+    .unwrap();
+    w.vm(&dir).args(["trust", "--yes"]).assert().success();
+    let get = |name: &str| reaches_stand_in(&w, &dir, name, web);
+    let log = || fs::read_to_string(dir.join(".vibebox/logs/network.log")).unwrap_or_default();
+
+    // Nobody to ask: refused at once, and logged.
+    assert!(get("listed.test"));
+    assert!(!get("asked.test"));
+    assert!(log().contains("nobody is attached"), "{}", log());
+
+    // A person at a terminal answers "always".
+    host.open("p", &w.client_script(&dir, "p", &[]));
+    host.wait_for("p", &["vibecoder@"]);
+    host.send(
+        "p",
+        &[
+            &format!("curl -s http://asked.test:{web}/; echo CURL-$?"),
+            "Enter",
+        ],
+    );
+    host.wait_for("p", &["the box looks up asked.test", "[a] always"]);
+    host.send("p", &["a"]);
+    host.wait_for(
+        "p",
+        &[
+            "asked.test is reachable; added",
+            "REACHED-THE-STAND-IN-SERVER",
+            "CURL-0",
+        ],
+    );
+    let text = fs::read_to_string(dir.join("vibebox.toml")).unwrap();
+    let entries = toml::from_str::<toml::Value>(&text).unwrap()["network"]["entries"].clone();
+    assert_eq!(
+        entries,
+        toml::Value::Array(vec!["listed.test".into(), "asked.test".into()]),
+        "{text}"
+    );
+    let explain = w.vm(&dir).arg("explain").output().unwrap();
+    assert!(
+        !stdout(&explain).contains("Not accepted yet"),
+        "{}",
+        stdout(&explain)
+    );
+
+    // "deny": refused; what was typed while the question showed is dropped.
+    host.send(
+        "p",
+        &[
+            &format!("curl -s http://denied.test:{web}/; echo CURL-$?"),
+            "Enter",
+        ],
+    );
+    host.wait_for("p", &["the box looks up denied.test"]);
+    host.send("p", &["x"]);
+    host.send("p", &["d"]);
+    host.wait_for("p", &["denied.test stays unreachable", "CURL-6"]);
+    host.send("p", &["echo MARK-$((6*7))", "Enter"]);
+    host.wait_for("p", &["MARK-42"]);
+    assert!(!host.screen("p").contains("xecho"), "{}", host.screen("p"));
+    assert!(!get("denied.test"), "a denied name stays denied");
+
+    // A lookup by another client (no terminal) asks the person too: "once".
+    std::thread::scope(|scope| {
+        let asker = scope.spawn(|| get("once.test"));
+        host.wait_for("p", &["the box looks up once.test"]);
+        host.send("p", &["o"]);
+        host.wait_for("p", &["once.test is reachable until the box stops"]);
+        assert!(asker.join().unwrap());
+    });
+    let text = fs::read_to_string(dir.join("vibebox.toml")).unwrap();
+    let now = toml::from_str::<toml::Value>(&text).unwrap()["network"]["entries"].clone();
+    assert_eq!(now, entries, "only \"always\" is written: {text}");
+
+    // The person leaves: "once" still holds, a new name is refused at once.
+    host.send("p", &["exit", "Enter"]);
+    host.wait_for("p", &["CLIENT-EXIT 0"]);
+    assert!(get("once.test"));
+    assert!(!get("later.test"));
+    assert!(log().contains("denied by the person"), "{}", log());
+}
+both_runtimes!(ask_mode_asks_the_person_at_the_terminal);
 
 /// The box is the attacker: its root replaces tmux with a program that
 /// answers `ps` with escape sequences and a flood. What `ps` prints is

@@ -134,7 +134,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<i32> {
         let mut attached =
             attach::ensure_running(ctx, project, &p.config, entry.id, &|| p.plan(ctx))?;
         if std::io::stdin().is_terminal() {
-            attached.notify_ports();
+            attached.follow_at_terminal(project);
         }
         let code = attach::run_ssh(project, &attached, None)?;
         drop(attached);

@@ -81,7 +81,7 @@ pub fn run(
         let (code, _) = attach::ssh_capture(project, &attached, &line, LIST_LIMIT)?;
         code
     } else {
-        attached.notify_ports();
+        attached.follow_at_terminal(project);
         attach::run_ssh_tty(project, &attached, &line)?
     };
     if code == boxterm::EXISTS_CODE {
@@ -158,7 +158,7 @@ pub fn attach(ctx: &Context, name: &TermName) -> anyhow::Result<i32> {
             },
         ));
     }
-    attached.notify_ports();
+    attached.follow_at_terminal(&p.project);
     attach::run_ssh_tty(&p.project, &attached, &boxterm::attach_line(name))?;
     finished_or_left(&p.project, &attached, name)
 }
