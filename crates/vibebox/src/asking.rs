@@ -15,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rustix::termios::{self, OptionalActions, Termios, Winsize};
@@ -62,10 +62,23 @@ pub fn key(bytes: &[u8]) -> Key {
     }
 }
 
+/// How long the keyboard must rest before a key answers: after the
+/// question appears, and after any other key. The box chooses when a
+/// question appears; without this, a person typing to an agent could
+/// answer one with a letter of the word they were typing.
+pub const SETTLE: Duration = Duration::from_millis(700);
+
+/// Whether a key at `now` may answer a question shown at `shown` when the
+/// previous key came at `last`.
+pub fn settled(now: Instant, shown: Instant, last: Option<Instant>) -> bool {
+    now.saturating_duration_since(shown) >= SETTLE
+        && last.is_none_or(|l| now.saturating_duration_since(l) >= SETTLE)
+}
+
 /// The question as the terminal shows it (`\r\n`: the terminal is raw).
 pub fn prompt(q: &Question) -> String {
     format!(
-        "\r\n\x1b[1mvibebox:\x1b[0m the box looks up \x1b[1m{}\x1b[0m, which vibebox.toml does not list. Allow it?\r\n  [o] once, until the box stops   [a] always (added to vibebox.toml)   [d] deny   [n] deny and ask nothing more   [Esc] not now\r\n",
+        "\r\n\x1b[1mvibebox:\x1b[0m the box looks up \x1b[1m{}\x1b[0m, which vibebox.toml does not list. Allow it?\r\n  [o] once, until the box stops   [a] always (added to vibebox.toml)   [d] deny   [n] deny and ask nothing more   [Esc] not now\r\n  (keys typed while this shows go nowhere; the answer key counts after a pause)\r\n",
         for_terminal(&q.name)
     )
 }
@@ -137,6 +150,8 @@ pub fn run(mut cmd: Command, socket: PathBuf, questions: Questions) -> anyhow::R
         questions,
         socket,
         shown: None,
+        shown_at: Instant::now(),
+        last_key: None,
         later: Vec::new(),
     };
     let code = loop {
@@ -165,8 +180,11 @@ struct Relay {
     master: OwnedFd,
     questions: Questions,
     socket: PathBuf,
-    /// The question on the screen now.
+    /// The question on the screen now, since when, and the last key typed
+    /// while it shows.
     shown: Option<Question>,
+    shown_at: Instant,
+    last_key: Option<Instant>,
     /// Questions the person put off (Esc).
     later: Vec<u64>,
 }
@@ -234,12 +252,20 @@ impl Relay {
             let _ = err.write_all(prompt(&q).as_bytes());
             let _ = err.flush();
             self.shown = Some(q);
+            self.shown_at = Instant::now();
+            self.last_key = None;
         }
     }
 
     fn key(&mut self, bytes: &[u8]) {
         let Some(q) = self.shown.clone() else { return };
+        let now = Instant::now();
+        let rested = settled(now, self.shown_at, self.last_key);
+        self.last_key = Some(now);
         match key(bytes) {
+            Key::Answer(_) | Key::Later if !rested => {
+                let _ = std::io::stderr().write_all(b"\x07");
+            }
             Key::Other => {
                 let _ = std::io::stderr().write_all(b"\x07");
             }
@@ -315,6 +341,19 @@ mod tests {
         for other in [&b"y"[..], b"oa", b"\x1b[A", b"\r", b"", b"ok"] {
             assert_eq!(key(other), Key::Other, "{other:?}");
         }
+    }
+
+    #[test]
+    fn a_key_answers_only_after_the_keyboard_rested() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Typed as the question appeared: no.
+        assert!(!settled(at(100), t0, None));
+        // Typed on after it appeared: no, until the keys stop for a while.
+        assert!(!settled(at(900), t0, Some(at(800))));
+        assert!(settled(at(1600), t0, Some(at(800))));
+        // A first key after a pause: yes.
+        assert!(settled(at(800), t0, None));
     }
 
     #[test]

@@ -2062,6 +2062,9 @@ fn ask_mode_asks_the_person_at_the_terminal(rt: Rt) {
         ],
     );
     host.wait_for("p", &["the box looks up asked.test", "[a] always"]);
+    // An answer key counts once the keyboard rested (asking::SETTLE).
+    let rest = || std::thread::sleep(Duration::from_millis(1500));
+    rest();
     host.send("p", &["a"]);
     host.wait_for(
         "p",
@@ -2095,6 +2098,7 @@ fn ask_mode_asks_the_person_at_the_terminal(rt: Rt) {
     );
     host.wait_for("p", &["the box looks up denied.test"]);
     host.send("p", &["x"]);
+    rest();
     host.send("p", &["d"]);
     host.wait_for("p", &["denied.test stays unreachable", "CURL-6"]);
     host.send("p", &["echo MARK-$((6*7))", "Enter"]);
@@ -2106,6 +2110,7 @@ fn ask_mode_asks_the_person_at_the_terminal(rt: Rt) {
     std::thread::scope(|scope| {
         let asker = scope.spawn(|| get("once.test"));
         host.wait_for("p", &["the box looks up once.test"]);
+        rest();
         host.send("p", &["o"]);
         host.wait_for("p", &["once.test is reachable until the box stops"]);
         assert!(asker.join().unwrap());
