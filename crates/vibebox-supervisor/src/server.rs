@@ -330,4 +330,50 @@ mod tests {
             Some(Stop::Requested { shutdown: false })
         );
     }
+
+    #[test]
+    fn answering_clients_get_the_questions_and_their_answers_count() {
+        use vibebox_net::ask::Consult;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let server = Server::new(42, Duration::from_secs(3600));
+        server.listen(UnixListener::bind(&socket).unwrap());
+        let asks = server.asks();
+        let answers = asks.clone();
+        server.on_answer(Arc::new(move |id, a| match answers.answer(id, a) {
+            Ok(name) => Answered {
+                ok: true,
+                message: name,
+            },
+            Err(e) => Answered {
+                ok: false,
+                message: e.to_string(),
+            },
+        }));
+        // A plain client is nobody to ask.
+        let _plain = Attachment::connect(&socket).unwrap();
+        let start = Instant::now();
+        while protocol::status(&socket).unwrap().clients != 1 {
+            assert!(start.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(matches!(asks.consult("a.example"), Consult::Deny(_)));
+        let mut person = Attachment::connect_as(&socket, true).unwrap();
+        let start = Instant::now();
+        while asks.consult("a.example") != Consult::Wait {
+            assert!(start.elapsed() < Duration::from_secs(10), "never an asker");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let seen = std::iter::from_fn(|| person.next_status())
+            .find(|s| !s.questions.is_empty())
+            .unwrap();
+        assert_eq!(seen.questions[0].name, "a.example");
+        let id = seen.questions[0].id;
+        let a = protocol::answer(&socket, id, Answer::Once).unwrap();
+        assert_eq!((a.ok, a.message.as_str()), (true, "a.example"));
+        assert!(asks.allowed("a.example"));
+        let again = protocol::answer(&socket, id, Answer::Deny).unwrap();
+        assert!(!again.ok, "{again:?}");
+        assert!(std::iter::from_fn(|| person.next_status()).any(|s| s.questions.is_empty()));
+    }
 }
