@@ -39,6 +39,9 @@ pub struct SessionEntry {
     pub created: Timestamp,
     /// When a client last connected.
     pub last_active: Timestamp,
+    /// The session this one was forked from (`vibebox fork`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<Uuid>,
 }
 
 /// Problems with the index file.
@@ -85,6 +88,7 @@ struct RawEntry {
     directory: Spanned<String>,
     created: Option<Spanned<String>>,
     last_active: Spanned<String>,
+    forked_from: Option<Spanned<String>>,
 }
 
 #[derive(Serialize)]
@@ -99,6 +103,8 @@ struct EntryOut<'a> {
     directory: &'a str,
     created: String,
     last_active: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forked_from: Option<String>,
 }
 
 /// The index of one `VIBEBOX_HOME`.
@@ -188,6 +194,7 @@ impl Index {
                     directory: e.directory.to_str().unwrap_or_default(),
                     created: e.created.to_string(),
                     last_active: e.last_active.to_string(),
+                    forked_from: e.forked_from.map(|p| p.to_string()),
                 })
                 .collect(),
         };
@@ -306,12 +313,29 @@ fn parse(src: &str, path: &Path) -> Result<Vec<SessionEntry>, IndexError> {
             Some(c) => time(c, "created", &mut problems),
             None => last_active,
         };
-        if let (Some(id), Some(created), Some(last_active)) = (id, created, last_active) {
+        let forked_from = match &r.forked_from {
+            None => Some(None),
+            Some(f) => match Uuid::parse_str(f.get_ref()) {
+                Ok(p) => Some(Some(p)),
+                Err(_) => {
+                    problems.push(problem(
+                        Some(f.span()),
+                        key("forked_from"),
+                        format!("\"{}\" is not a session id", f.get_ref()),
+                    ));
+                    None
+                }
+            },
+        };
+        if let (Some(id), Some(created), Some(last_active), Some(forked_from)) =
+            (id, created, last_active, forked_from)
+        {
             entries.push(SessionEntry {
                 id,
                 directory,
                 created,
                 last_active,
+                forked_from,
             });
         }
     }
@@ -333,6 +357,7 @@ mod tests {
             directory: dir.to_path_buf(),
             created: now,
             last_active: now,
+            forked_from: None,
         }
     }
 
@@ -342,7 +367,8 @@ mod tests {
         let proj = tempfile::tempdir().unwrap();
         fs::create_dir(proj.path().join(STATE_DIR)).unwrap();
         let index = Index::new(home.path());
-        let kept = entry(proj.path());
+        let mut kept = entry(proj.path());
+        kept.forked_from = Some(Uuid::now_v7());
         let gone = entry(Path::new("/nonexistent/project"));
         index
             .update(|e| {

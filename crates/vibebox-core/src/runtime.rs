@@ -90,6 +90,14 @@ pub trait Machine: Send {
             "this runtime cannot suspend; the box was powered off".into(),
         ))
     }
+    /// Copies the machine's disk to `dest` while it runs, whole: the guest is
+    /// paused (its writes flushed) for the copy and goes on after
+    /// (`vibebox fork`).
+    fn copy_disk(&mut self, _dest: &std::path::Path) -> Result<(), RuntimeError> {
+        Err(RuntimeError(
+            "the container runtime cannot fork a box yet".into(),
+        ))
+    }
 }
 
 /// Turns session plans into running machines.

@@ -89,11 +89,11 @@ pub fn connect(
         if existing != Some(id) {
             project.write_session_id(id)?;
         }
-        let created = entries
+        let (created, forked_from) = entries
             .iter()
             .find(|e| e.id == id)
-            .map(|e| e.created)
-            .unwrap_or(now);
+            .map(|e| (e.created, e.forked_from))
+            .unwrap_or((now, None));
         // One directory has one session; one session has one directory.
         entries.retain(|e| e.id != id && e.directory != dir);
         let entry = SessionEntry {
@@ -101,6 +101,7 @@ pub fn connect(
             directory: dir,
             created,
             last_active: now,
+            forked_from,
         };
         entries.push(entry.clone());
         Ok((entry, found))
@@ -130,17 +131,18 @@ pub fn follow_move(index: &Index, project: &Project, now: Timestamp) -> Result<b
                 return Ok(false);
             }
         }
-        let (created, last_active) = entries
+        let (created, last_active, forked_from) = entries
             .iter()
             .find(|e| e.id == id)
-            .map(|e| (e.created, e.last_active))
-            .unwrap_or((now, now));
+            .map(|e| (e.created, e.last_active, e.forked_from))
+            .unwrap_or((now, now, None));
         entries.retain(|e| e.id != id && e.directory != dir);
         entries.push(SessionEntry {
             id,
             directory: dir.clone(),
             created,
             last_active,
+            forked_from,
         });
         Ok(true)
     })

@@ -38,6 +38,13 @@ pub enum Request {
         /// The text of vibebox.toml.
         config: String,
     },
+    /// Copy the running machine's disk to `dest` (a new file), whole: the
+    /// guest syncs and pauses for the copy (`vibebox fork`); gets one
+    /// [`Answered`].
+    CopyDisk {
+        /// Where the copy goes (absolute; must not exist).
+        dest: std::path::PathBuf,
+    },
     /// The person's answer to an ask-mode question; gets one [`Answered`].
     Answer {
         /// The question ([`Status::questions`]).
@@ -256,8 +263,24 @@ pub fn reload(socket: &Path, config: &str) -> std::io::Result<Option<Reloaded>> 
 
 /// Sends the person's `answer` to question `id`.
 pub fn answer(socket: &Path, id: u64, answer: Answer) -> std::io::Result<Answered> {
-    let stream = request(socket, Request::Answer { id, answer })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    one_answer(
+        socket,
+        Request::Answer { id, answer },
+        Duration::from_secs(30),
+    )
+}
+
+/// Asks the supervisor to copy the running machine's disk to `dest`.
+pub fn copy_disk(socket: &Path, dest: &Path) -> std::io::Result<Answered> {
+    let req = Request::CopyDisk {
+        dest: dest.to_path_buf(),
+    };
+    one_answer(socket, req, Duration::from_secs(1800))
+}
+
+fn one_answer(socket: &Path, req: Request, wait: Duration) -> std::io::Result<Answered> {
+    let stream = request(socket, req)?;
+    stream.set_read_timeout(Some(wait))?;
     let line = read_line(&mut BufReader::new(stream))?.ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,

@@ -19,7 +19,18 @@ pub struct Shared {
     pub stop: Option<bool>,
     /// Clients and grace.
     pub lease: Lease,
+    /// Disk copies asked for (`vibebox fork`), for the supervisor's loop.
+    pub copies: Vec<CopyJob>,
     generation: u64,
+}
+
+/// A copy of the running machine's disk to make, and where to say how it went.
+#[derive(Debug)]
+pub struct CopyJob {
+    /// The new file.
+    pub dest: std::path::PathBuf,
+    /// Gets `Err(why)` or `Ok(())`.
+    pub done: std::sync::mpsc::Sender<Result<(), String>>,
 }
 
 /// Why the machine should go down.
@@ -68,6 +79,7 @@ impl Server {
                     },
                     stop: None,
                     lease: Lease::new(grace, Instant::now()),
+                    copies: Vec::new(),
                     generation: 0,
                 }),
                 Condvar::new(),
@@ -199,6 +211,13 @@ impl Server {
                     self.asks.remove_asker();
                 }
             }
+            Some(Request::CopyDisk { dest }) => {
+                let answered = self.copy_disk(dest);
+                if let Ok(mut line) = serde_json::to_string(&answered) {
+                    line.push('\n');
+                    let _ = stream.write_all(line.as_bytes());
+                }
+            }
             Some(Request::Answer { id, answer }) => {
                 let f = self
                     .answer
@@ -237,6 +256,36 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Hands a disk copy to the supervisor's loop and waits for it.
+    fn copy_disk(&self, dest: std::path::PathBuf) -> Answered {
+        let refuse = |message: String| Answered { ok: false, message };
+        if !dest.is_absolute() {
+            return refuse("the copy's path must be absolute".into());
+        }
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            return refuse(format!("{} exists already", dest.display()));
+        }
+        if self.status().state != SessionState::Running {
+            return refuse("the box is not running".into());
+        }
+        let (done, result) = std::sync::mpsc::channel();
+        self.update(|s| s.copies.push(CopyJob { dest, done }));
+        match result.recv() {
+            Ok(Ok(())) => Answered {
+                ok: true,
+                message: "copied".into(),
+            },
+            Ok(Err(why)) => refuse(why),
+            Err(_) => refuse("the box stopped before the copy".into()),
+        }
+    }
+
+    /// The disk copies asked for since the last call.
+    pub fn take_copies(&self) -> Vec<CopyJob> {
+        let (lock, _) = &*self.state;
+        std::mem::take(&mut lock.lock().unwrap_or_else(|e| e.into_inner()).copies)
     }
 
     /// Holds one reference while the client's connection stays open, and

@@ -367,6 +367,20 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             log(&how);
             break None;
         }
+        for job in state.take_copies() {
+            // What the guest wrote is on its disk before the pause.
+            let _ = guest.run("sync", Duration::from_secs(60));
+            let started = std::time::Instant::now();
+            let copied = machine.copy_disk(&job.dest).map_err(|e| e.to_string());
+            log(&match &copied {
+                Ok(()) => format!(
+                    "copied the disk for a fork ({:.2} s paused)",
+                    started.elapsed().as_secs_f64()
+                ),
+                Err(e) => format!("cannot copy the disk for a fork: {e}"),
+            });
+            let _ = job.done.send(copied);
+        }
         match state.should_stop() {
             Some(Stop::Requested { shutdown }) => {
                 log(if shutdown {
@@ -394,6 +408,9 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     // Clients that arrive now see "stopping" and wait for the socket to go.
     stop_watching.store(true, std::sync::atomic::Ordering::Relaxed);
     state.set_state(SessionState::Stopping);
+    for job in state.take_copies() {
+        let _ = job.done.send(Err("the box is stopping".into()));
+    }
     if config.save_on_idle {
         if let Some(hook) = &host.save {
             log("saving the workspace before the box stops (save_on_idle)");

@@ -361,6 +361,8 @@ pub struct VmMachine {
     /// The guest's RAM is an unlinked tmpfs file (a booted box), not the
     /// saved file on disk (a resumed one).
     ram_in_memory: bool,
+    /// The instance disk (where it is now: the project may move).
+    disk: std::path::PathBuf,
 }
 
 /// What a saved state was made for: a resume needs the same machine.
@@ -698,6 +700,21 @@ impl RunningMachine for VmMachine {
 
     fn moved(&mut self, dir: &Path) {
         self.saved.dir = Project::at(dir).state_dir().join("state");
+        self.disk = Project::at(dir).disk_path();
+    }
+
+    fn copy_disk(&mut self, dest: &Path) -> Result<(), RuntimeError> {
+        // `stop` drains and flushes every block device: while the guest is
+        // paused, the qcow2 file on the host is whole.
+        let mut q = Qmp::connect(&self.qmp_socket, Duration::from_secs(5))
+            .map_err(|e| fail(format!("cannot pause the box: {e}")))?;
+        q.execute("stop", json!({}))
+            .map_err(|e| fail(format!("cannot pause the box: {e}")))?;
+        let copied = crate::snapshot::copy_sparse(&self.disk, dest);
+        let resumed = q.execute("cont", json!({}));
+        copied.map_err(|e| fail(e.to_string()))?;
+        resumed.map_err(|e| fail(format!("the box did not go on after the copy: {e}")))?;
+        Ok(())
     }
 
     fn suspend(mut self: Box<Self>, events: &mut dyn StartEvents) -> Result<(), RuntimeError> {
@@ -957,6 +974,7 @@ fn start_machine(
             saved: saved.clone(),
             fingerprint: fingerprint.clone(),
             ram_in_memory,
+            disk: machine.overlay.clone(),
         });
     }
     let msg = crate::guest::config_message(pubkey, req.network, &guest_mounts, &req.plan.explain);
@@ -969,6 +987,7 @@ fn start_machine(
         saved: saved.clone(),
         fingerprint: fingerprint.clone(),
         ram_in_memory,
+        disk: machine.overlay.clone(),
     };
     // Wait for "ready <host key>".
     let start = Instant::now();

@@ -230,3 +230,66 @@ impl Snapshots {
             .map_err(|e| err(format!("the record of `{name}` is damaged: {e}")))
     }
 }
+
+/// Makes `copy` (a copy of `parent`'s instance disk, taken at rest or while
+/// the box was paused) the disk of the fork `child`: snapshot `from` of the
+/// parent applied when given, every internal snapshot dropped (they are the
+/// parent's), the base image's record copied. `copy` is moved into place.
+pub fn adopt_fork_disk(
+    parent: &Project,
+    child: &Project,
+    copy: &Path,
+    from: Option<&str>,
+) -> Result<(), VmError> {
+    use std::os::unix::fs::PermissionsExt;
+    crate::disk::check_overlay(copy)?;
+    let info = qemu_img(&["info", "--output=json", "-U"], copy)?;
+    let info: serde_json::Value =
+        serde_json::from_str(&info).map_err(|e| err(format!("qemu-img info: {e}")))?;
+    let names: Vec<String> = info["snapshots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(name) = from {
+        check_name(name)?;
+        if !names.iter().any(|n| n == name) {
+            return Err(err(format!(
+                "the box of {} has no snapshot named `{name}` (vibebox snapshot list shows them)",
+                parent.dir().display()
+            )));
+        }
+        qemu_img(&["snapshot", "-a", name], copy)?;
+    }
+    for name in names {
+        qemu_img(&["snapshot", "-d", &name], copy)?;
+    }
+    fs::set_permissions(copy, fs::Permissions::from_mode(0o600))
+        .map_err(|e| err(format!("cannot protect {}: {e}", copy.display())))?;
+    let base = parent.state_dir().join("disk.base");
+    if base.is_file() {
+        copy_sparse(&base, &child.state_dir().join("disk.base"))?;
+    }
+    fs::rename(copy, child.disk_path()).map_err(|e| {
+        err(format!(
+            "cannot create {}: {e}",
+            child.disk_path().display()
+        ))
+    })
+}
+
+/// Copies `parent`'s instance disk (the box at rest) to `to`.
+pub fn copy_disk_at_rest(parent: &Project, to: &Path) -> Result<(), VmError> {
+    let disk = parent.disk_path();
+    if !disk.is_file() {
+        return Err(err(format!(
+            "the box of {} has no disk yet: start it once first",
+            parent.dir().display()
+        )));
+    }
+    crate::disk::check_overlay(&disk)?;
+    copy_sparse(&disk, to)
+}

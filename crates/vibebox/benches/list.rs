@@ -21,6 +21,7 @@ fn populate(home: &Path, projects: &Path, n: usize) {
                 directory: dir,
                 created: now,
                 last_active: now,
+                forked_from: None,
             }
         })
         .collect();

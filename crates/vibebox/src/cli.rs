@@ -140,6 +140,17 @@ pub enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// A new project directory and session that start where this one is: a
+    /// copy of the project (a new git branch `fork/<name>` in a repository)
+    /// and of the box's disk (the running box pauses for the copy). The fork
+    /// boots; `vibebox list` shows what it was forked from.
+    Fork {
+        /// The new directory (must not exist).
+        dir: std::path::PathBuf,
+        /// Start from this snapshot of the box's disk instead of its disk now.
+        #[arg(long, value_name = "SNAPSHOT")]
+        from: Option<String>,
+    },
     /// Named snapshots of this project's box: its disk, and its memory and
     /// processes when it runs (it is suspended to take them).
     Snapshot {

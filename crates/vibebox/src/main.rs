@@ -60,6 +60,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Some(Command::Explain { json }) => commands::explain::run(&ctx, json).map(|()| 0),
         Some(Command::Image { command }) => commands::image::run(&ctx, command).map(|()| 0),
+        Some(Command::Fork { dir, from }) => {
+            commands::fork::run(&ctx, &dir, from.as_deref()).map(|()| 0)
+        }
         Some(Command::Snapshot { command }) => commands::snapshot::run(&ctx, command).map(|()| 0),
         Some(Command::Exec { command }) => commands::connect::exec(&ctx, &command),
         Some(Command::Run {

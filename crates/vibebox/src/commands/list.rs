@@ -20,6 +20,9 @@ struct Row {
     disk_bytes: u64,
     /// Host disk used by saved machine state (suspend), in bytes.
     state_bytes: u64,
+    /// The session this one was forked from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forked_from: Option<String>,
 }
 
 /// Bytes for a person: `512 MiB`, `1.2 GiB`.
@@ -59,6 +62,7 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
                 created: e.created.to_string(),
                 disk_bytes: usage.disk_bytes,
                 state_bytes: usage.state_bytes,
+                forked_from: e.forked_from.map(|p| p.to_string()),
             }
         })
         .collect();
@@ -86,7 +90,10 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
             row.clients.to_string(),
             size(row.disk_bytes + row.state_bytes),
             terminal::ago(e.last_active, now),
-            row.directory.clone(),
+            match &e.forked_from {
+                Some(p) => format!("{} (fork of {})", row.directory, &p.to_string()[..13]),
+                None => row.directory.clone(),
+            },
         ]);
     }
     print!("{}", terminal::table(&table));

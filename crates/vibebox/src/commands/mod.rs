@@ -3,6 +3,7 @@
 pub mod connect;
 pub mod delete;
 pub mod explain;
+pub mod fork;
 pub mod image;
 pub mod init;
 pub mod list;
