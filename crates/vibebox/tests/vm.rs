@@ -1247,6 +1247,167 @@ fn suspend_and_resume_keep_processes_and_open_files() {
     assert!(!dir.join(".vibebox/state/dev.state").exists());
 }
 
+/// `vibebox fork`: of a running box (paused for the copy of its disk) and
+/// of a stopped one, and from a snapshot. The fork is a copy of the project
+/// on a new git branch with the uncommitted and untracked files, its own
+/// session whose disk starts as the parent's; both run at once and a write
+/// in one is absent from the other; `list` shows the lineage. Nothing
+/// half-made stays after a failed fork.
+#[test]
+fn fork_starts_a_new_session_where_this_one_is() {
+    let Some((_serial, w)) = begin(Rt::Vm) else {
+        return;
+    };
+    let dir = w.project("app");
+    write_config(&dir, "", 60_000);
+    let git = |d: &std::path::Path, args: &[&str]| common::git(d, args).trim().to_string();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    fs::write(dir.join("a.txt"), "one\n").unwrap();
+    git(&dir, &["add", "a.txt"]);
+    git(&dir, &["commit", "-qm", "first"]);
+    fs::write(dir.join("a.txt"), "one\ntwo\n").unwrap();
+    fs::write(dir.join("new.txt"), "untracked\n").unwrap();
+    run_script(&w, &dir, "echo parent > ~/on-disk; echo done");
+    let parent_id = fs::read_to_string(dir.join(".vibebox/session.toml")).unwrap();
+    let id_of = |d: &std::path::Path| {
+        let text = fs::read_to_string(d.join(".vibebox/session.toml")).unwrap();
+        toml::from_str::<toml::Value>(&text).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let fork = |args: &[&str]| w.vm(&dir).arg("fork").args(args).output().unwrap();
+    let read = |d: &std::path::Path, file: &str| {
+        stdout(
+            &w.vm(d)
+                .args(["exec", "--", "sh", "-c", &format!("cat {file} 2>&1")])
+                .output()
+                .unwrap(),
+        )
+    };
+
+    // Of the running box.
+    let out = fork(&["../running"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("paused for the copy"),
+        "{}",
+        stdout(&out)
+    );
+    let running = w.root().join("running");
+    assert_ne!(id_of(&running), id_of(&dir));
+    assert_eq!(git(&running, &["branch", "--show-current"]), "fork/running");
+    assert_eq!(git(&dir, &["branch", "--show-current"]), "main");
+    assert_eq!(
+        fs::read_to_string(running.join("a.txt")).unwrap(),
+        "one\ntwo\n"
+    );
+    assert_eq!(
+        fs::read_to_string(running.join("new.txt")).unwrap(),
+        "untracked\n"
+    );
+    assert!(read(&running, "~/on-disk").contains("parent"));
+    // Both run at once; what one writes, the other does not see.
+    run_script(
+        &w,
+        &running,
+        "echo fork > ~/fork-only; echo fork > fork-file; echo done",
+    );
+    run_script(&w, &dir, "echo parent > ~/parent-only; echo done");
+    assert!(read(&dir, "~/fork-only").contains("No such file"));
+    assert!(read(&running, "~/parent-only").contains("No such file"));
+    assert!(!dir.join("fork-file").exists());
+    let list = w.list_json(&dir);
+    let rows = list.as_array().unwrap();
+    let row = |d: &std::path::Path| {
+        rows.iter()
+            .find(|r| r["directory"] == d.display().to_string())
+            .unwrap_or_else(|| panic!("{d:?} not in {list}"))
+            .clone()
+    };
+    assert_eq!(row(&dir)["state"], "running");
+    assert_eq!(row(&running)["state"], "running");
+    assert_eq!(row(&running)["forked_from"], id_of(&dir), "{parent_id}");
+    assert!(row(&dir).get("forked_from").is_none());
+
+    // Of the stopped box, now and from a snapshot taken before a change.
+    w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+    w.vm(&dir)
+        .args(["snapshot", "save", "before"])
+        .assert()
+        .success();
+    run_script(&w, &dir, "echo changed > ~/on-disk; echo done");
+    w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+    let out = fork(&["../stopped"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout(&out).contains("paused"));
+    let out = fork(&["../from-snapshot", "--from", "before"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stopped = w.root().join("stopped");
+    let snap = w.root().join("from-snapshot");
+    assert!(read(&stopped, "~/on-disk").contains("changed"));
+    w.vm(&stopped)
+        .args(["stop", "--shutdown"])
+        .assert()
+        .success();
+    assert!(read(&snap, "~/on-disk").contains("parent"));
+    w.vm(&snap).args(["stop", "--shutdown"]).assert().success();
+    // The parent's snapshots stay the parent's.
+    let snaps = w
+        .vm(&snap)
+        .args(["snapshot", "list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&snaps).trim(), "[]");
+
+    // Refusals leave nothing behind.
+    for (args, says) in [
+        (&["../running"][..], "exists already"),
+        (&["../bad", "--from", "nosuch"][..], "no snapshot named"),
+        (&["sub"][..], "inside"),
+    ] {
+        let out = fork(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert!(!w.root().join("bad").exists());
+    let listed = w.list_json(&dir).as_array().unwrap().len();
+    assert_eq!(listed, 4, "{}", w.list_json(&dir));
+    for d in [&dir, &running] {
+        w.vm(d).args(["stop", "--shutdown"]).assert().success();
+    }
+}
+
+/// The container runtime says plainly that it cannot fork yet.
+#[test]
+fn the_container_runtime_refuses_to_fork() {
+    let Some((_serial, w)) = begin(Rt::Container) else {
+        return;
+    };
+    let dir = w.project("boxed");
+    write_config(&dir, "", 1000);
+    w.vm(&dir).args(["exec", "--", "true"]).assert().success();
+    w.vm(&dir)
+        .args(["fork", "../copy"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("container runtime cannot fork"));
+    assert!(!w.root().join("copy").exists());
+}
+
 /// Snapshots: taken of a running box (suspended to keep its memory and
 /// processes) and of a box powered off (disk only); restored, they bring back
 /// the disk and, when kept, the processes; listed and removed.
