@@ -186,6 +186,14 @@ impl Server {
         stream.write_all(line.as_bytes()).is_ok()
     }
 
+    /// Sends one answer line.
+    fn reply(stream: &mut UnixStream, answer: &impl serde::Serialize) {
+        if let Ok(mut line) = serde_json::to_string(answer) {
+            line.push('\n');
+            let _ = stream.write_all(line.as_bytes());
+        }
+    }
+
     /// Serves one control connection.
     fn serve(&self, mut stream: UnixStream) {
         let Ok(read_half) = stream.try_clone() else {
@@ -213,10 +221,7 @@ impl Server {
             }
             Some(Request::CopyDisk { dest }) => {
                 let answered = self.copy_disk(dest);
-                if let Ok(mut line) = serde_json::to_string(&answered) {
-                    line.push('\n');
-                    let _ = stream.write_all(line.as_bytes());
-                }
+                Server::reply(&mut stream, &answered);
             }
             Some(Request::Answer { id, answer }) => {
                 let f = self
@@ -231,10 +236,7 @@ impl Server {
                         message: "the box is not running".into(),
                     },
                 };
-                if let Ok(mut line) = serde_json::to_string(&answered) {
-                    line.push('\n');
-                    let _ = stream.write_all(line.as_bytes());
-                }
+                Server::reply(&mut stream, &answered);
             }
             Some(Request::Reload { config }) => {
                 let f = self
@@ -250,10 +252,7 @@ impl Server {
                             .into(),
                     },
                 };
-                if let Ok(mut line) = serde_json::to_string(&answer) {
-                    line.push('\n');
-                    let _ = stream.write_all(line.as_bytes());
-                }
+                Server::reply(&mut stream, &answer);
             }
         }
     }
