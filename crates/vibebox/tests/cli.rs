@@ -655,3 +655,27 @@ fn logs_and_explain_show_network_decisions() {
     let x: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(x["network"]["recent_denials"].as_array().unwrap().len(), 1);
 }
+
+/// `vibebox fork` refuses, changing nothing, what it cannot fork: a project
+/// without a session, a session whose box never started (the VM test covers
+/// the rest).
+#[test]
+fn fork_refuses_what_it_cannot_fork_and_changes_nothing() {
+    let w = World::new();
+    let dir = w.project("app");
+    let before = snapshot(w.root());
+    w.vibebox(&dir)
+        .args(["fork", "../copy"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("has no session to fork"));
+    assert_eq!(snapshot(w.root()), before);
+    w.vibebox(&dir).arg("init").assert().success();
+    let before = snapshot(w.root());
+    w.vibebox(&dir)
+        .args(["fork", "../copy"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("has no disk yet"));
+    assert_eq!(snapshot(w.root()), before);
+}
