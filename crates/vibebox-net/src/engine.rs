@@ -739,10 +739,18 @@ impl Engine {
         let held = std::mem::take(&mut self.held);
         for h in held {
             let listed = self.cfg.policy.decide_name(&h.name, None) == Verdict::Allow;
-            let standing = match (&self.asks, listed) {
-                (_, true) => crate::ask::Standing::Decided(true, "listed by the reloaded policy"),
-                (Some(asks), false) => asks.standing(&h.name),
-                (None, false) => crate::ask::Standing::Decided(false, "ask mode: nobody to ask"),
+            let asking = self.cfg.policy.mode == vibebox_core::policy::NetworkMode::Ask;
+            let standing = match (&self.asks, listed, asking) {
+                (_, true, _) => {
+                    crate::ask::Standing::Decided(true, "listed by the reloaded policy")
+                }
+                (_, false, false) => {
+                    crate::ask::Standing::Decided(false, "not allowed by the reloaded policy")
+                }
+                (Some(asks), false, true) => asks.standing(&h.name),
+                (None, false, true) => {
+                    crate::ask::Standing::Decided(false, "ask mode: nobody to ask")
+                }
             };
             match standing {
                 crate::ask::Standing::Waiting => self.held.push(h),

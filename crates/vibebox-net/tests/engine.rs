@@ -747,8 +747,12 @@ fn ask_mode_holds_a_lookup_until_the_person_answers() {
     let mut policy = allowlist(&["listed.test"]);
     policy.mode = NetworkMode::Ask;
     let asks = Asks::default();
+    let live = LivePolicy::default();
     let (engine, events) = new_engine(policy, &hosts);
-    let (mut g, events) = run_engine(engine.with_asks(asks.clone()), events);
+    let engine = engine
+        .with_asks(asks.clone())
+        .with_live_policy(live.clone());
+    let (mut g, events) = run_engine(engine, events);
 
     // Nobody attached: refused at once, and logged so.
     assert_eq!(g.resolve("asked.test"), Err(RCODE::NameError));
@@ -809,4 +813,20 @@ fn ask_mode_holds_a_lookup_until_the_person_answers() {
         reply.is_some()
     }));
     assert_eq!(reply.unwrap(), Err(RCODE::NameError));
+
+    // A reload out of ask mode refuses what was still waiting.
+    asks.add_asker();
+    let h = g.send_query("reloaded.test");
+    assert!(g.until(Duration::from_secs(5), |_| !asks.waiting().is_empty()));
+    live.set(PolicyUpdate {
+        policy: allowlist(&["listed.test"]),
+        hosts: host_map(&hosts),
+    });
+    let mut reply = None;
+    assert!(g.until(Duration::from_secs(5), |g| {
+        reply = g.dns_reply(h);
+        reply.is_some()
+    }));
+    assert_eq!(reply.unwrap(), Err(RCODE::NameError));
+    assert!(refused(&events, "reloaded policy"));
 }
