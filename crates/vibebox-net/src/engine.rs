@@ -300,9 +300,11 @@ fn now_event(
 /// what the person allowed.
 fn decide_name(policy: &Policy, asks: Option<&crate::ask::Asks>, name: &str, port: u16) -> Verdict {
     let v = policy.decide_name(name, Some(port));
-    let asked = policy.mode == vibebox_core::policy::NetworkMode::Ask
-        && asks.is_some_and(|a| a.allowed(name));
-    if v == Verdict::Deny && asked {
+    let asked = || {
+        policy.mode == vibebox_core::policy::NetworkMode::Ask
+            && asks.is_some_and(|a| a.allowed(name))
+    };
+    if v == Verdict::Deny && asked() {
         Verdict::Allow
     } else {
         v

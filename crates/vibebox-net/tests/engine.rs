@@ -102,6 +102,11 @@ impl Guest {
     /// Resolves `name` through the engine's DNS: Ok(address) or Err(rcode).
     fn resolve(&mut self, name: &str) -> Result<Ipv4Addr, RCODE> {
         let h = self.send_query(name);
+        self.await_reply(h)
+    }
+
+    /// Waits (bounded) for the reply to the query of `h`.
+    fn await_reply(&mut self, h: SocketHandle) -> Result<Ipv4Addr, RCODE> {
         let mut reply = None;
         self.until(Duration::from_secs(5), |g| {
             reply = g.dns_reply(h);
@@ -773,13 +778,8 @@ fn ask_mode_holds_a_lookup_until_the_person_answers() {
     assert_eq!(q[0].name, "asked.test");
     assert!(g.resolve("listed.test").is_ok(), "other lookups go on");
     asks.answer(q[0].id, Answer::Once).unwrap();
-    let mut reply = None;
-    assert!(g.until(Duration::from_secs(5), |g| {
-        reply = g.dns_reply(h);
-        reply.is_some()
-    }));
-    let ip = reply
-        .unwrap()
+    let ip = g
+        .await_reply(h)
         .expect("the held lookup is answered with an address");
     let c = g.connect(ip, port);
     let text =
@@ -793,12 +793,8 @@ fn ask_mode_holds_a_lookup_until_the_person_answers() {
     assert!(g.until(Duration::from_secs(5), |_| !asks.waiting().is_empty()));
     let q = asks.waiting();
     asks.answer(q[0].id, Answer::Deny).unwrap();
-    let mut reply = None;
-    assert!(g.until(Duration::from_secs(5), |g| {
-        reply = g.dns_reply(h);
-        reply.is_some()
-    }));
-    assert_eq!(reply.unwrap(), Err(RCODE::NameError));
+    let reply = g.await_reply(h);
+    assert_eq!(reply, Err(RCODE::NameError));
     assert_eq!(g.resolve("denied.test"), Err(RCODE::NameError));
     assert!(asks.waiting().is_empty());
     assert!(refused(&events, "denied by the person"));
@@ -807,12 +803,8 @@ fn ask_mode_holds_a_lookup_until_the_person_answers() {
     let h = g.send_query("gone.test");
     assert!(g.until(Duration::from_secs(5), |_| !asks.waiting().is_empty()));
     asks.remove_asker();
-    let mut reply = None;
-    assert!(g.until(Duration::from_secs(5), |g| {
-        reply = g.dns_reply(h);
-        reply.is_some()
-    }));
-    assert_eq!(reply.unwrap(), Err(RCODE::NameError));
+    let reply = g.await_reply(h);
+    assert_eq!(reply, Err(RCODE::NameError));
 
     // A reload out of ask mode refuses what was still waiting.
     asks.add_asker();
@@ -822,11 +814,7 @@ fn ask_mode_holds_a_lookup_until_the_person_answers() {
         policy: allowlist(&["listed.test"]),
         hosts: host_map(&hosts),
     });
-    let mut reply = None;
-    assert!(g.until(Duration::from_secs(5), |g| {
-        reply = g.dns_reply(h);
-        reply.is_some()
-    }));
-    assert_eq!(reply.unwrap(), Err(RCODE::NameError));
+    let reply = g.await_reply(h);
+    assert_eq!(reply, Err(RCODE::NameError));
     assert!(refused(&events, "reloaded policy"));
 }

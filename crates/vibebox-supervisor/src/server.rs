@@ -328,6 +328,18 @@ mod tests {
     use super::*;
     use crate::protocol::{self, Attachment};
 
+    /// Waits (bounded) until the server at `socket` counts `n` clients.
+    fn wait_for_clients(socket: &std::path::Path, n: u32) {
+        let start = Instant::now();
+        while protocol::status(socket).unwrap().clients != n {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "never {n} clients"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn clients_hold_references_until_they_go() {
         let dir = tempfile::tempdir().unwrap();
@@ -341,16 +353,7 @@ mod tests {
         );
         let mut a = Attachment::connect(&socket).unwrap();
         let mut b = Attachment::connect(&socket).unwrap();
-        let wait = |n: u32| {
-            let start = Instant::now();
-            while protocol::status(&socket).unwrap().clients != n {
-                assert!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "never {n} clients"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        };
+        let wait = |n: u32| wait_for_clients(&socket, n);
         wait(2);
         server.set_state(SessionState::Running);
         let seen = std::iter::from_fn(|| a.next_status())
@@ -400,11 +403,7 @@ mod tests {
         }));
         // A plain client is nobody to ask.
         let _plain = Attachment::connect(&socket).unwrap();
-        let start = Instant::now();
-        while protocol::status(&socket).unwrap().clients != 1 {
-            assert!(start.elapsed() < Duration::from_secs(10));
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_clients(&socket, 1);
         assert!(matches!(asks.consult("a.example"), Consult::Deny(_)));
         let mut person = Attachment::connect_as(&socket, true).unwrap();
         let start = Instant::now();
