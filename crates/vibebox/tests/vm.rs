@@ -1268,6 +1268,13 @@ fn fork_starts_a_new_session_where_this_one_is() {
     fs::write(dir.join("a.txt"), "one\ntwo\n").unwrap();
     fs::write(dir.join("new.txt"), "untracked\n").unwrap();
     run_script(&w, &dir, "echo parent > ~/on-disk; echo done");
+    // The box plants what a copy must not follow or hang on: links to host
+    // paths, a nested project's `.vibebox` that is a link, a FIFO.
+    run_script(
+        &w,
+        &dir,
+        "ln -s /etc/passwd host-link && mkdir nested && ln -s / nested/.vibebox && mkfifo pipe && echo done",
+    );
     let parent_id = fs::read_to_string(dir.join(".vibebox/session.toml")).unwrap();
     let id_of = |d: &std::path::Path| {
         let text = fs::read_to_string(d.join(".vibebox/session.toml")).unwrap();
@@ -1311,6 +1318,15 @@ fn fork_starts_a_new_session_where_this_one_is() {
         "untracked\n"
     );
     assert!(read(&running, "~/on-disk").contains("parent"));
+    for planted in ["host-link", "nested/.vibebox"] {
+        let m = fs::symlink_metadata(running.join(planted)).unwrap();
+        assert!(m.file_type().is_symlink(), "{planted} was followed");
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(running.join("pipe"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
     // Both run at once; what one writes, the other does not see.
     run_script(
         &w,
