@@ -6,9 +6,11 @@
 //! - [`stage`]: the runtime's half inside the namespaces (overlay root, NIC,
 //!   crun);
 //! - [`rootfs`]: the image's root tree, unpacked once per image;
-//! - [`runtime`]: [`runtime::ContainerRuntime`], the `Runtime` it implements.
+//! - [`runtime`]: [`runtime::ContainerRuntime`], the `Runtime` it implements;
+//! - [`cgroup`]: `cpu_count` and `ram_mb` as the box's own cgroup.
 
 pub mod bundle;
+pub mod cgroup;
 pub mod rootfs;
 pub mod runtime;
 pub mod stage;

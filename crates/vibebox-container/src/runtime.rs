@@ -29,6 +29,7 @@ use vibebox_vm::runtime::on_path;
 use vibebox_vm::ssh;
 
 use crate::bundle::{self, BundleSpec};
+use crate::cgroup;
 use crate::rootfs;
 use crate::stage::StageArgs;
 
@@ -213,7 +214,48 @@ impl Runtime for ContainerRuntime {
             .try_clone()
             .map_err(|e| fail(format!("cannot make a pipe: {e}")))?;
         let log = out_write;
-        let mut cmd = Command::new("unshare");
+        // The box's own cgroup (cpu_count, ram_mb), where this host lets us.
+        let limits = cgroup::Limits {
+            cpus: req.config.cpu_count,
+            ram_mb: req.config.ram_mb,
+        };
+        let group_name = format!(
+            "vibebox-{}",
+            run.file_name()
+                .map_or("box".into(), |n| n.to_string_lossy())
+        );
+        let mut group = None;
+        let mut cmd = match cgroup::probe() {
+            Ok(cgroup::Placement::V1 { memory, cpu }) => {
+                group = Some(
+                    cgroup::V1Group::create(&memory, &cpu, &group_name, limits)
+                        .map_err(|e| fail(format!("cannot apply cpu_count and ram_mb: {e}")))?,
+                );
+                events.log(&format!(
+                    "limits: {} CPUs, {} MiB through cgroups v1 ({group_name})",
+                    limits.cpus, limits.ram_mb
+                ));
+                Command::new("unshare")
+            }
+            Ok(cgroup::Placement::Systemd { user }) => {
+                events.log(&format!(
+                    "limits: {} CPUs, {} MiB through a systemd scope ({group_name}.scope)",
+                    limits.cpus, limits.ram_mb
+                ));
+                let mut c = Command::new("systemd-run");
+                c.args(cgroup::systemd_run_args(user, &group_name, limits))
+                    .arg("unshare");
+                c
+            }
+            Err(why) => {
+                events.log(&format!("cpu_count and ram_mb are not applied: {why}"));
+                Command::new("unshare")
+            }
+        };
+        let procs = match &group {
+            Some(g) => g.procs_files().map_err(fail)?,
+            None => Vec::new(),
+        };
         cmd.args(ids.unshare_args())
             .args([
                 "--mount",
@@ -233,10 +275,11 @@ impl Runtime for ContainerRuntime {
             .stdout(log)
             .stderr(log2);
         let ctl_fd = ctl_theirs.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) between
-        // fork and exec.
+        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl, open,
+        // write, close) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                cgroup::enter(&procs)?;
                 rustix::process::set_parent_process_death_signal(Some(
                     rustix::process::Signal::KILL,
                 ))
@@ -256,6 +299,7 @@ impl Runtime for ContainerRuntime {
         let mut machine = ContainerMachine {
             child: Tied(child),
             control: ctl_ours,
+            _group: group,
         };
         let log_tail = || {
             let text = fs::read(&log_path).unwrap_or_default();
@@ -367,6 +411,9 @@ pub struct ContainerMachine {
     child: Tied,
     /// The box init's control channel.
     control: UnixStream,
+    /// The box's cgroups (removed after `child`, once its processes are
+    /// gone: fields drop in order).
+    _group: Option<cgroup::V1Group>,
 }
 
 impl Machine for ContainerMachine {

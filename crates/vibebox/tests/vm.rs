@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -190,15 +191,25 @@ fn session_lifecycle(rt: Rt) {
         .args(["exec", "--", "sh", "-c", "exit 7"])
         .assert()
         .code(7);
-    // cpu_count and ram_mb apply in the VM; the container says it cannot
-    // apply them (cgroups v1 only here, or v2 not delegated).
+    // cpu_count and ram_mb apply in the VM; the container applies them as
+    // its own cgroup where the host lets it (cgroups v1 as root here), and
+    // says why not elsewhere.
+    let mut limit_groups = Vec::new();
     if rt == Rt::Container {
         let out = w.vm(&dir).arg("explain").output().unwrap();
         let text = stdout(&out);
-        assert!(
-            text.contains("cpu_count and ram_mb are not applied"),
-            "{text}"
-        );
+        match vibebox_container::cgroup::probe() {
+            Ok(placement) => {
+                assert!(text.contains("cpu_count and ram_mb are applied"), "{text}");
+                if let vibebox_container::cgroup::Placement::V1 { cpu, memory } = placement {
+                    limit_groups = container_limits_hold(&w, &dir, &cpu, &memory);
+                }
+            }
+            Err(why) => assert!(
+                text.contains(&format!("cpu_count and ram_mb are not applied ({why})")),
+                "{text}"
+            ),
+        }
     }
     let out = w
         .vm(&dir)
@@ -303,6 +314,13 @@ fn session_lifecycle(rt: Rt) {
         Rt::Container => dir.join(".vibebox/container/upper/var/tmp"),
     };
     assert!(disk.exists(), "the disk stays: {}", disk.display());
+    for g in &limit_groups {
+        assert!(
+            !g.exists(),
+            "the box's cgroup goes with it: {}",
+            g.display()
+        );
+    }
     if rt == Rt::Container {
         // crun makes its output fds the box root's: the log is never one of them.
         let log = fs::metadata(dir.join(".vibebox/logs/container.log")).unwrap();
@@ -2342,3 +2360,82 @@ fn a_hostile_tmux_cannot_reach_the_host_terminal(rt: Rt) {
 }
 
 both_runtimes!(a_hostile_tmux_cannot_reach_the_host_terminal);
+
+/// The container's cgroups v1 limits (cpu_count = 2, ram_mb = 1024): the
+/// box's processes are in a cgroup of their own with the CPU quota, a
+/// program in the box that fills more memory than ram_mb is killed.
+/// Returns the cgroup directories (they go when the box stops).
+fn container_limits_hold(w: &World, dir: &Path, cpu: &Path, memory: &Path) -> Vec<PathBuf> {
+    let groups: Vec<PathBuf> = fs::read_dir(cpu)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vibebox-")
+                && !fs::read_to_string(p.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .trim()
+                    .is_empty()
+        })
+        .collect();
+    assert_eq!(
+        groups.len(),
+        1,
+        "one running box's cgroup under {}: {groups:?}",
+        cpu.display()
+    );
+    let group = &groups[0];
+    let quota = fs::read_to_string(group.join("cpu.cfs_quota_us")).unwrap();
+    let period = fs::read_to_string(group.join("cpu.cfs_period_us")).unwrap();
+    assert_eq!(
+        quota.trim().parse::<u64>().unwrap(),
+        2 * period.trim().parse::<u64>().unwrap()
+    );
+    let mem_group = memory.join(group.file_name().unwrap());
+    assert_eq!(
+        fs::read_to_string(mem_group.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim(),
+        (1024u64 << 20).to_string()
+    );
+    // A process started in the box later is in it too.
+    let out = w
+        .vm(dir)
+        .args(["exec", "--", "sh", "-c", "sleep 31 >/dev/null 2>&1 &"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let procs = fs::read_to_string(mem_group.join("cgroup.procs")).unwrap();
+    assert!(
+        procs
+            .lines()
+            .any(|p| fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .starts_with("sleep\x0031\0")),
+        "sleep is in the box's memory cgroup: {procs}"
+    );
+    // Filling 1.5 GiB in a box of 1 GiB: the kernel kills it (no swap on
+    // top: memsw is limited too where the host accounts swap).
+    let out = w
+        .vm(dir)
+        .args([
+            "exec",
+            "--",
+            "python3",
+            "-c",
+            "b = b'x' * (1536 << 20); print('filled', len(b))",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the box filled more than ram_mb: {}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains("filled"));
+    // The box lives on.
+    w.vm(dir).args(["exec", "--", "true"]).assert().success();
+    vec![group.clone(), mem_group]
+}

@@ -108,13 +108,12 @@ pub fn render(x: &Explanation) -> String {
         x.runtime.reason
     ));
     if x.runtime.selected.as_deref() == Some("container") {
-        let why = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            "not built yet for cgroups v2"
-        } else {
-            "this host has only cgroups v1, which is not delegated to users"
+        let limits = match vibebox_container::cgroup::probe() {
+            Ok(placement) => format!("cpu_count and ram_mb are {}", placement.describe()),
+            Err(why) => format!("cpu_count and ram_mb are not applied ({why})"),
         };
         line(format!(
-            "          the box shares the host's kernel; cpu_count and ram_mb are not applied ({why}); it cannot suspend yet, so an idle box powers off"
+            "          the box shares the host's kernel; {limits}; it cannot suspend yet, so an idle box powers off"
         ));
     }
     line(format!(
