@@ -196,7 +196,28 @@ pub fn probe() -> Result<Placement, String> {
                 "cgroups v2 here, but your systemd user manager is not reachable (XDG_RUNTIME_DIR/systemd/private; log in through a session that starts it)".into()
             });
         }
-        return Ok(Placement::Systemd { user: !root });
+        // Measure, do not guess: make a scope for `true` with the same kind
+        // of properties.
+        let mut trial = std::process::Command::new("systemd-run");
+        trial
+            .args(systemd_run_args(
+                !root,
+                "",
+                Limits {
+                    cpus: 1,
+                    ram_mb: 64,
+                },
+            ))
+            .arg("true")
+            .stdin(std::process::Stdio::null());
+        return match trial.output() {
+            Ok(o) if o.status.success() => Ok(Placement::Systemd { user: !root }),
+            Ok(o) => Err(format!(
+                "cgroups v2 here, but systemd-run cannot make a scope with limits: {}",
+                vibebox_core::text::for_terminal(String::from_utf8_lossy(&o.stderr).trim())
+            )),
+            Err(e) => Err(format!("cgroups v2 here, but systemd-run cannot run: {e}")),
+        };
     }
     let (Some(memory), Some(cpu)) = (view.v1_dir("memory"), view.v1_dir("cpu")) else {
         return Err("no cgroup memory and cpu controllers are mounted here".into());
@@ -310,7 +331,7 @@ pub fn enter(procs: &[CString]) -> std::io::Result<()> {
 }
 
 /// `systemd-run` arguments that put the command after them in a scope with
-/// the limits.
+/// the limits (named `name`, unless empty).
 pub fn systemd_run_args(user: bool, name: &str, limits: Limits) -> Vec<String> {
     let mut args = Vec::new();
     if user {
@@ -320,7 +341,11 @@ pub fn systemd_run_args(user: bool, name: &str, limits: Limits) -> Vec<String> {
         "--scope".to_string(),
         "--quiet".to_string(),
         "--collect".to_string(),
-        format!("--unit={name}"),
+    ]);
+    if !name.is_empty() {
+        args.push(format!("--unit={name}"));
+    }
+    args.extend([
         format!("--property=MemoryMax={}M", limits.ram_mb),
         "--property=MemorySwapMax=0".to_string(),
         format!(
