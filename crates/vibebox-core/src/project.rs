@@ -322,6 +322,17 @@ pub struct DiskUsage {
     pub disk_bytes: u64,
     /// Saved machine state (`.vibebox/state/`: RAM and devices).
     pub state_bytes: u64,
+    /// The container runtime's writable layer (`.vibebox/container/`; what
+    /// the box's root keeps private to it is not counted: the host user
+    /// cannot read it).
+    pub container_bytes: u64,
+}
+
+impl DiskUsage {
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.disk_bytes + self.state_bytes + self.container_bytes
+    }
 }
 
 /// The host disk `path` takes (allocated blocks; a directory: all it holds,
@@ -343,6 +354,7 @@ impl Project {
         DiskUsage {
             disk_bytes: allocated_bytes(&self.disk_path()),
             state_bytes: allocated_bytes(&self.state_dir().join("state")),
+            container_bytes: allocated_bytes(&self.state_dir().join("container")),
         }
     }
 }

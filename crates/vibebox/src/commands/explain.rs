@@ -225,6 +225,13 @@ pub fn render(x: &Explanation) -> String {
             ),
         ],
         vec![
+            "  .vibebox/container/".into(),
+            format!(
+                "the container's writable layer (kept across stops): {} MiB used",
+                s.usage.container_bytes >> 20
+            ),
+        ],
+        vec![
             "  .vibebox/state/".into(),
             format!(
                 "memory and devices of a suspended box: {} MiB used",

@@ -20,6 +20,8 @@ struct Row {
     disk_bytes: u64,
     /// Host disk used by saved machine state (suspend), in bytes.
     state_bytes: u64,
+    /// Host disk used by the container runtime's writable layer, in bytes.
+    container_bytes: u64,
     /// The session this one was forked from.
     #[serde(skip_serializing_if = "Option::is_none")]
     forked_from: Option<String>,
@@ -62,6 +64,7 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
                 created: e.created.to_string(),
                 disk_bytes: usage.disk_bytes,
                 state_bytes: usage.state_bytes,
+                container_bytes: usage.container_bytes,
                 forked_from: e.forked_from.map(|p| p.to_string()),
             }
         })
@@ -88,7 +91,7 @@ pub fn run(ctx: &Context, json: bool) -> anyhow::Result<()> {
             row.id.clone(),
             row.state.clone(),
             row.clients.to_string(),
-            size(row.disk_bytes + row.state_bytes),
+            size(row.disk_bytes + row.state_bytes + row.container_bytes),
             terminal::ago(e.last_active, now),
             match &e.forked_from {
                 Some(p) => format!("{} (fork of {})", row.directory, &p.to_string()[..13]),
