@@ -92,8 +92,14 @@ pub trait Machine: Send {
     }
     /// Copies the machine's disk to `dest` while it runs, whole: the guest is
     /// paused (its writes flushed) for the copy and goes on after
-    /// (`vibebox fork`).
-    fn copy_disk(&mut self, _dest: &std::path::Path) -> Result<(), RuntimeError> {
+    /// (`vibebox fork`). With `memory` (a new, private directory), its
+    /// memory and devices of the same pause go there too (`ram`,
+    /// `dev.state`, `record.json`), for a fork that resumes where it was.
+    fn copy_disk(
+        &mut self,
+        _dest: &std::path::Path,
+        _memory: Option<&std::path::Path>,
+    ) -> Result<(), RuntimeError> {
         Err(RuntimeError(
             "the container runtime cannot fork a box yet".into(),
         ))

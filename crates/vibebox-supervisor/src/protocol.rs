@@ -44,6 +44,10 @@ pub enum Request {
     CopyDisk {
         /// Where the copy goes (absolute; must not exist).
         dest: std::path::PathBuf,
+        /// Where the running memory and devices go too (absolute; a new
+        /// directory the supervisor makes, private), for a fork that resumes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memory: Option<std::path::PathBuf>,
     },
     /// The person's answer to an ask-mode question; gets one [`Answered`].
     Answer {
@@ -270,10 +274,12 @@ pub fn answer(socket: &Path, id: u64, answer: Answer) -> std::io::Result<Answere
     )
 }
 
-/// Asks the supervisor to copy the running machine's disk to `dest`.
-pub fn copy_disk(socket: &Path, dest: &Path) -> std::io::Result<Answered> {
+/// Asks the supervisor to copy the running machine's disk to `dest` (and
+/// its memory into the new directory `memory`).
+pub fn copy_disk(socket: &Path, dest: &Path, memory: Option<&Path>) -> std::io::Result<Answered> {
     let req = Request::CopyDisk {
         dest: dest.to_path_buf(),
+        memory: memory.map(Path::to_path_buf),
     };
     one_answer(socket, req, Duration::from_secs(1800))
 }

@@ -29,6 +29,8 @@ pub struct Shared {
 pub struct CopyJob {
     /// The new file.
     pub dest: std::path::PathBuf,
+    /// The new directory for the memory, when asked.
+    pub memory: Option<std::path::PathBuf>,
     /// Gets `Err(why)` or `Ok(())`.
     pub done: std::sync::mpsc::Sender<Result<(), String>>,
 }
@@ -219,8 +221,8 @@ impl Server {
                     self.asks.remove_asker();
                 }
             }
-            Some(Request::CopyDisk { dest }) => {
-                let answered = self.copy_disk(dest);
+            Some(Request::CopyDisk { dest, memory }) => {
+                let answered = self.copy_disk(dest, memory);
                 Server::reply(&mut stream, &answered);
             }
             Some(Request::Answer { id, answer }) => {
@@ -258,19 +260,21 @@ impl Server {
     }
 
     /// Hands a disk copy to the supervisor's loop and waits for it.
-    fn copy_disk(&self, dest: std::path::PathBuf) -> Answered {
+    fn copy_disk(&self, dest: std::path::PathBuf, memory: Option<std::path::PathBuf>) -> Answered {
         let refuse = |message: String| Answered { ok: false, message };
-        if !dest.is_absolute() {
-            return refuse("the copy's path must be absolute".into());
-        }
-        if std::fs::symlink_metadata(&dest).is_ok() {
-            return refuse(format!("{} exists already", dest.display()));
+        for path in std::iter::once(&dest).chain(&memory) {
+            if !path.is_absolute() {
+                return refuse("the copy's path must be absolute".into());
+            }
+            if std::fs::symlink_metadata(path).is_ok() {
+                return refuse(format!("{} exists already", path.display()));
+            }
         }
         if self.status().state != SessionState::Running {
             return refuse("the box is not running".into());
         }
         let (done, result) = std::sync::mpsc::channel();
-        self.update(|s| s.copies.push(CopyJob { dest, done }));
+        self.update(|s| s.copies.push(CopyJob { dest, memory, done }));
         match result.recv() {
             Ok(Ok(())) => Answered {
                 ok: true,

@@ -371,10 +371,29 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             // What the guest wrote is on its disk before the pause.
             let _ = guest.run("sync", Duration::from_secs(60));
             let started = std::time::Instant::now();
-            let copied = machine.copy_disk(&job.dest).map_err(|e| e.to_string());
+            let copied = match &job.memory {
+                Some(dir) => {
+                    use std::os::unix::fs::DirBuilderExt;
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(dir)
+                        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+                }
+                None => Ok(()),
+            }
+            .and_then(|()| {
+                machine
+                    .copy_disk(&job.dest, job.memory.as_deref())
+                    .map_err(|e| e.to_string())
+            });
             log(&match &copied {
                 Ok(()) => format!(
-                    "copied the disk for a fork ({:.2} s paused)",
+                    "copied the {} for a fork ({:.2} s paused)",
+                    if job.memory.is_some() {
+                        "disk and memory"
+                    } else {
+                        "disk"
+                    },
                     started.elapsed().as_secs_f64()
                 ),
                 Err(e) => format!("cannot copy the disk for a fork: {e}"),

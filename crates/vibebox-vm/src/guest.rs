@@ -156,6 +156,41 @@ pub fn await_ready<T>(
     Ok(())
 }
 
+/// Waits (at most `timeout`) for the line `word` on `control`; other lines
+/// are skipped, each bounded like every control line.
+pub fn await_word(control: &UnixStream, word: &str, timeout: Duration) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("the guest's control channel failed: {e}");
+    control
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(io)?;
+    let mut reader = BufReader::new(control.try_clone().map_err(io)?);
+    let start = Instant::now();
+    let mut line = String::new();
+    let found = loop {
+        if start.elapsed() > timeout {
+            break Err(format!(
+                "the guest did not answer `{word}` within {} s",
+                timeout.as_secs()
+            ));
+        }
+        let room = (CONTROL_LINE_MAX + 1).saturating_sub(line.len()) as u64;
+        let read = std::io::Read::take(&mut reader, room).read_line(&mut line);
+        if line.len() > CONTROL_LINE_MAX {
+            line.clear();
+            continue;
+        }
+        match read {
+            Ok(0) => break Err("the guest's control channel closed".into()),
+            Ok(_) if !line.ends_with('\n') => {}
+            Ok(_) if line.trim() == word => break Ok(()),
+            Ok(_) => line.clear(),
+            Err(_) => {}
+        }
+    };
+    control.set_read_timeout(None).map_err(io)?;
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

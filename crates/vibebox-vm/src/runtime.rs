@@ -427,9 +427,50 @@ pub struct SavedState {
 
 /// What the host recorded when it suspended a session.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct Record {
-    fingerprint: Fingerprint,
-    dev_state_sha256: String,
+pub(crate) struct Record {
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) dev_state_sha256: String,
+    /// Mounts to move after the resume (a fork's project: from the parent's
+    /// guest path to its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) moves: Vec<(String, String)>,
+}
+
+impl Record {
+    /// The record of a fork made from this one: the project's mounts are
+    /// the fork's directory (`parent` → `child` on the host, and in the
+    /// guest from the parent's project path to the fork's, which the resumed
+    /// guest then moves its mount to).
+    pub(crate) fn for_fork(&self, parent: &Path, child: &Path) -> Record {
+        let (old_guest, new_guest) = (
+            vibebox_core::mounts::project_guest_path(parent),
+            vibebox_core::mounts::project_guest_path(child),
+        );
+        let mut fingerprint = self.fingerprint.clone();
+        for (host, guest, _) in &mut fingerprint.shares {
+            if let Ok(rest) = host.strip_prefix(parent) {
+                *host = if rest.as_os_str().is_empty() {
+                    child.to_path_buf()
+                } else {
+                    child.join(rest)
+                };
+            }
+            if guest == &old_guest {
+                *guest = new_guest.clone();
+            } else if let Some(rest) = guest.strip_prefix(&format!("{old_guest}/")) {
+                *guest = format!("{new_guest}/{rest}");
+            }
+        }
+        let mut moves = self.moves.clone();
+        if old_guest != new_guest {
+            moves.push((old_guest, new_guest));
+        }
+        Record {
+            fingerprint,
+            dev_state_sha256: self.dev_state_sha256.clone(),
+            moves,
+        }
+    }
 }
 
 /// What is saved for a session, as far as this host vouches for it.
@@ -483,7 +524,7 @@ impl SavedState {
         }
     }
 
-    fn at(project: &Project, vibebox_home: &Path) -> Result<SavedState, RuntimeError> {
+    pub(crate) fn at(project: &Project, vibebox_home: &Path) -> Result<SavedState, RuntimeError> {
         use std::os::unix::fs::DirBuilderExt;
         let saved = SavedState::locate(project, vibebox_home)?;
         for dir in [&saved.dir, &vibebox_home.join("suspended")] {
@@ -528,17 +569,31 @@ impl SavedState {
         }
     }
 
+    /// Vouches for a state put in place by the host (a fork's memory).
+    pub(crate) fn write_record_text(&self, text: &str) -> Result<(), crate::VmError> {
+        if let Some(dir) = self.record.parent() {
+            let _ = fs::create_dir_all(dir);
+        }
+        fs::write(&self.record, text).map_err(|e| {
+            crate::VmError::Setup(format!("cannot write {}: {e}", self.record.display()))
+        })
+    }
+
     /// Vouches for a state put in place by the host (a restored snapshot).
     pub(crate) fn write_record_value(
         &self,
         record: &serde_json::Value,
     ) -> Result<(), crate::VmError> {
-        if let Some(dir) = self.record.parent() {
-            let _ = fs::create_dir_all(dir);
-        }
-        fs::write(&self.record, record.to_string()).map_err(|e| {
-            crate::VmError::Setup(format!("cannot write {}: {e}", self.record.display()))
-        })
+        self.write_record_text(&record.to_string())
+    }
+
+    /// The mounts the record says to move after the resume.
+    fn moves(&self) -> Vec<(String, String)> {
+        fs::read_to_string(&self.record)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Record>(&t).ok())
+            .map(|r| r.moves)
+            .unwrap_or_default()
     }
 
     /// The state was loaded: the RAM file is the running guest's memory again.
@@ -703,14 +758,49 @@ impl RunningMachine for VmMachine {
         self.disk = Project::at(dir).disk_path();
     }
 
-    fn copy_disk(&mut self, dest: &Path) -> Result<(), RuntimeError> {
+    fn copy_disk(&mut self, dest: &Path, memory: Option<&Path>) -> Result<(), RuntimeError> {
         // `stop` drains and flushes every block device: while the guest is
         // paused, the qcow2 file on the host is whole.
         let mut q = Qmp::connect(&self.qmp_socket, Duration::from_secs(5))
             .map_err(|e| fail(format!("cannot pause the box: {e}")))?;
+        if memory.is_some() {
+            q.execute("migrate-set-capabilities", ignore_shared())
+                .map_err(|e| fail(format!("cannot prepare the box's memory copy: {e}")))?;
+        }
         q.execute("stop", json!({}))
             .map_err(|e| fail(format!("cannot pause the box: {e}")))?;
-        let copied = crate::snapshot::copy_sparse(&self.disk, dest);
+        let copied = (|| -> Result<(), crate::VmError> {
+            if let Some(dir) = memory {
+                // The devices (a migration stream; the RAM stays in its file,
+                // x-ignore-shared) and a copy of the RAM, both of this pause:
+                // the source goes on afterwards (`cont` from postmigrate).
+                let state = dir.join("dev.state");
+                q.execute(
+                    "migrate",
+                    json!({ "uri": format!("file:{}", state.display()) }),
+                )?;
+                q.wait_migration(Duration::from_secs(120))?;
+                let ram = dir.join("ram");
+                if self.ram_in_memory {
+                    copy_guest_ram(self.qemu.0.id(), &ram)?;
+                } else {
+                    crate::snapshot::copy_sparse(&self.saved.ram(), &ram)?;
+                }
+                let record = Record {
+                    fingerprint: self.fingerprint.clone(),
+                    dev_state_sha256: sha256_of(&state).map_err(|e| {
+                        crate::VmError::Setup(format!("cannot read {}: {e}", state.display()))
+                    })?,
+                    moves: Vec::new(),
+                };
+                let text = serde_json::to_string(&record)
+                    .map_err(|e| crate::VmError::Setup(e.to_string()))?;
+                fs::write(dir.join("record.json"), text).map_err(|e| {
+                    crate::VmError::Setup(format!("cannot write the fork's record: {e}"))
+                })?;
+            }
+            crate::snapshot::copy_sparse(&self.disk, dest)
+        })();
         let resumed = q.execute("cont", json!({}));
         copied.map_err(|e| fail(e.to_string()))?;
         resumed.map_err(|e| fail(format!("the box did not go on after the copy: {e}")))?;
@@ -762,6 +852,7 @@ impl RunningMachine for VmMachine {
                 let record = Record {
                     fingerprint: self.fingerprint.clone(),
                     dev_state_sha256: sha256_of(&tmp)?,
+                    moves: Vec::new(),
                 };
                 let text = serde_json::to_string(&record).map_err(std::io::Error::other)?;
                 fs::write(&self.saved.record, text)
@@ -965,6 +1056,34 @@ fn start_machine(
         control
             .write_all(format!("time {now}\n").as_bytes())
             .map_err(io)?;
+        // A fork: its project's mount moves to the fork's guest path. Then
+        // the session's client key (a fork's own) goes in, confirmed before
+        // the first SSH connection.
+        for (from, to) in saved.moves() {
+            control
+                .write_all(
+                    format!(
+                        "move {} {}\n",
+                        crate::guest::b64(from.as_bytes()),
+                        crate::guest::b64(to.as_bytes())
+                    )
+                    .as_bytes(),
+                )
+                .map_err(io)?;
+            events.log(&format!("moving the project's mount from {from} to {to}"));
+        }
+        let mut key = pubkey.split_whitespace();
+        control
+            .write_all(
+                format!(
+                    "key {} {}\n",
+                    key.next().unwrap_or_default(),
+                    key.next().unwrap_or_default()
+                )
+                .as_bytes(),
+            )
+            .map_err(io)?;
+        crate::guest::await_word(&control, "keyed", Duration::from_secs(30)).map_err(fail)?;
         events.log("resumed the suspended box");
         return Ok(VmMachine {
             qemu,
@@ -1031,6 +1150,61 @@ fn start_machine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forks_record_maps_the_project_and_moves_its_mount() {
+        let rw = MountMode::ReadWrite;
+        let record = Record {
+            fingerprint: Fingerprint {
+                base_sha: "b".into(),
+                guest_version: "g".into(),
+                accel: "Tcg".into(),
+                cpus: 2,
+                ram_mb: 1024,
+                shares: vec![
+                    ("/w/app".into(), "/home/vibecoder/app".into(), rw),
+                    ("/w/app/data".into(), "/home/vibecoder/data".into(), rw),
+                    ("/w/app/x".into(), "/home/vibecoder/app/x".into(), rw),
+                    ("/w/apple".into(), "/home/vibecoder/apple".into(), rw),
+                    ("/h/.codex".into(), "/home/vibecoder/.codex".into(), rw),
+                ],
+            },
+            dev_state_sha256: "s".into(),
+            moves: Vec::new(),
+        };
+        let fork = record.for_fork(Path::new("/w/app"), Path::new("/v/app-2"));
+        let shares: Vec<(String, String)> = fork
+            .fingerprint
+            .shares
+            .iter()
+            .map(|(h, g, _)| (h.display().to_string(), g.clone()))
+            .collect();
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            shares,
+            pairs(&[
+                ("/v/app-2", "/home/vibecoder/app-2"),
+                ("/v/app-2/data", "/home/vibecoder/data"),
+                ("/v/app-2/x", "/home/vibecoder/app-2/x"),
+                // Only paths inside the project: not a sibling sharing a prefix.
+                ("/w/apple", "/home/vibecoder/apple"),
+                ("/h/.codex", "/home/vibecoder/.codex"),
+            ])
+        );
+        assert_eq!(
+            fork.moves,
+            pairs(&[("/home/vibecoder/app", "/home/vibecoder/app-2")])
+        );
+        assert_eq!(fork.dev_state_sha256, "s");
+        // A fork of a fork keeps the earlier move; the same name moves nothing.
+        let again = fork.for_fork(Path::new("/v/app-2"), Path::new("/u/app-2"));
+        assert_eq!(again.moves, fork.moves);
+        assert_eq!(again.fingerprint.shares[0].1, "/home/vibecoder/app-2");
+    }
 
     #[test]
     fn the_memory_directory_must_be_ours_and_private() {

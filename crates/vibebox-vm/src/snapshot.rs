@@ -15,7 +15,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use vibebox_core::project::{allocated_bytes, Project};
 
-use crate::runtime::{sha256_of, SavedState};
+use crate::runtime::{sha256_of, Record, SavedState};
 use crate::VmError;
 
 /// What the host records about one snapshot.
@@ -292,4 +292,78 @@ pub fn copy_disk_at_rest(parent: &Project, to: &Path) -> Result<(), VmError> {
     }
     crate::disk::check_overlay(&disk)?;
     copy_sparse(&disk, to)
+}
+
+/// Copies the memory of `parent`'s suspended box (RAM, devices and the
+/// host's record of them) into the new directory `to`, for a fork; `false`
+/// when the box is not suspended (or its state is not one this host vouches
+/// for).
+pub fn copy_suspended_memory(
+    parent: &Project,
+    vibebox_home: &Path,
+    to: &Path,
+) -> Result<bool, VmError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let saved = SavedState::locate(parent, vibebox_home).map_err(|e| err(e.0))?;
+    let Some(record) = saved.record_value() else {
+        return Ok(false);
+    };
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(to)
+        .map_err(|e| err(format!("cannot create {}: {e}", to.display())))?;
+    copy_sparse(&saved.ram(), &to.join("ram"))?;
+    copy_sparse(&saved.dev_state(), &to.join("dev.state"))?;
+    fs::write(to.join("record.json"), record.to_string())
+        .map_err(|e| err(format!("cannot write {}: {e}", to.display())))?;
+    Ok(true)
+}
+
+/// Makes the memory in `from` (`ram`, `dev.state`, `record.json`: copied
+/// from `parent` while its box was paused, or its suspended state) the
+/// suspended state of the fork `child`, so that its first start resumes
+/// where the parent was. The host's record for the child vouches for it
+/// (the devices' hash is checked again); its mounts are the fork's
+/// directory, and the resumed guest moves its project mount to the fork's
+/// path. The parent's pinned host key goes with it (the guest keeps it);
+/// the fork's own client key is handed to the guest when it resumes.
+/// `from` is consumed.
+pub fn adopt_fork_memory(
+    parent: &Project,
+    child: &Project,
+    vibebox_home: &Path,
+    from: &Path,
+) -> Result<(), VmError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let text = fs::read_to_string(from.join("record.json"))
+        .map_err(|e| err(format!("cannot read the memory's record: {e}")))?;
+    let record: Record = serde_json::from_str(&text)
+        .map_err(|e| err(format!("the memory's record is damaged: {e}")))?;
+    let dev_state = from.join("dev.state");
+    let sha = sha256_of(&dev_state)
+        .map_err(|e| err(format!("cannot read {}: {e}", dev_state.display())))?;
+    if sha != record.dev_state_sha256 {
+        return Err(err("the copied device state does not match its record"));
+    }
+    let ssh = child.ssh_dir();
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&ssh)
+        .map_err(|e| err(format!("cannot create {}: {e}", ssh.display())))?;
+    let known = crate::ssh::known_hosts_path(&parent.ssh_dir());
+    fs::copy(&known, crate::ssh::known_hosts_path(&ssh))
+        .map_err(|e| err(format!("cannot copy {}: {e}", known.display())))?;
+    let saved = SavedState::at(child, vibebox_home).map_err(|e| err(e.0))?;
+    let ram = from.join("ram");
+    fs::set_permissions(&ram, fs::Permissions::from_mode(0o600))
+        .map_err(|e| err(format!("cannot protect {}: {e}", ram.display())))?;
+    for (f, to) in [(ram, saved.ram()), (dev_state, saved.dev_state())] {
+        fs::rename(&f, &to).map_err(|e| err(format!("cannot create {}: {e}", to.display())))?;
+    }
+    let text = serde_json::to_string(&record.for_fork(parent.dir(), child.dir()))
+        .map_err(|e| err(e.to_string()))?;
+    saved.write_record_text(&text)?;
+    let _ = fs::remove_dir_all(from);
+    Ok(())
 }

@@ -1293,6 +1293,37 @@ fn fork_starts_a_new_session_where_this_one_is() {
         &dir,
         "ln -s /etc/passwd host-link && mkdir nested && ln -s / nested/.vibebox && mkfifo pipe && echo done",
     );
+    // Processes and memory-only state the fork must carry: a worker, one
+    // whose working directory is the project, a file in /dev/shm.
+    run_script(
+        &w,
+        &dir,
+        r#"setsid sh -c 'echo $$ > /dev/shm/worker.pid; exec sleep 100000' </dev/null >/dev/null 2>&1 &
+           setsid sh -c 'echo $$ > /dev/shm/inproject.pid; exec sleep 100001' </dev/null >/dev/null 2>&1 &
+           echo in-memory > /dev/shm/marker; sleep 1; echo done"#,
+    );
+    // Alive, with its working directory at `project` in the guest.
+    let carried = |d: &std::path::Path, project: &str| {
+        let text = run_script(
+            &w,
+            d,
+            "cat /dev/shm/marker; kill -0 $(cat /dev/shm/worker.pid) && echo worker-alive; \
+             readlink /proc/$(cat /dev/shm/inproject.pid)/cwd; pwd; ls -d ~/app 2>&1; echo done",
+        );
+        assert!(text.contains("in-memory\nworker-alive\n"), "{text}");
+        let guest = format!("/home/vibecoder/{project}\n");
+        assert!(
+            text.contains(&format!("{guest}{guest}")),
+            "the project's mount is at {guest}: {text}"
+        );
+        if project != "app" {
+            assert!(
+                text.contains("No such file"),
+                "the parent's path is gone: {text}"
+            );
+        }
+    };
+    carried(&dir, "app");
     let parent_id = fs::read_to_string(dir.join(".vibebox/session.toml")).unwrap();
     let id_of = |d: &std::path::Path| {
         let text = fs::read_to_string(d.join(".vibebox/session.toml")).unwrap();
@@ -1319,11 +1350,44 @@ fn fork_starts_a_new_session_where_this_one_is() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout(&out).contains("paused for the copy"),
+        stdout(&out).contains("paused for the copy of its disk and memory")
+            && stdout(&out).contains("resumes where the parent was"),
         "{}",
         stdout(&out)
     );
     let running = w.root().join("running");
+    // It resumes with the parent's processes and memory; its project mount
+    // is its own directory, at its own path.
+    carried(&running, "running");
+    let log = fs::read_to_string(running.join(".vibebox/logs/supervisor.log")).unwrap();
+    assert!(log.contains("resumed the suspended box"), "{log}");
+    // Its own client key: the parent's is no longer let in.
+    let block = stdout(&w.vm(&running).arg("ssh-config").output().unwrap());
+    let config_file = w.root().join("fork_ssh_config");
+    let parent_key = dir.join(".vibebox/ssh/id_ed25519");
+    let ssh_with = |block: &str| {
+        fs::write(&config_file, block).unwrap();
+        Command::new("ssh")
+            .args(["-F"])
+            .arg(&config_file)
+            .args(["-o", "BatchMode=yes", "vibebox-running", "echo in"])
+            .env("HOME", w.home())
+            .env("PATH", vm::test_path())
+            .output()
+            .unwrap()
+    };
+    assert_eq!(stdout(&ssh_with(&block)), "in\n", "{block}");
+    let own_key = running
+        .join(".vibebox/ssh/id_ed25519")
+        .display()
+        .to_string();
+    assert!(block.contains(&own_key), "{block}");
+    let with_parents = block.replace(&own_key, &parent_key.display().to_string());
+    let refused = ssh_with(&with_parents);
+    assert!(
+        !refused.status.success() && stdout(&refused).is_empty(),
+        "the parent's key reached the fork"
+    );
     assert_ne!(id_of(&running), id_of(&dir));
     assert_eq!(git(&running, &["branch", "--show-current"]), "fork/running");
     assert_eq!(git(&dir, &["branch", "--show-current"]), "main");
@@ -1355,6 +1419,12 @@ fn fork_starts_a_new_session_where_this_one_is() {
     assert!(read(&dir, "~/fork-only").contains("No such file"));
     assert!(read(&running, "~/parent-only").contains("No such file"));
     assert!(!dir.join("fork-file").exists());
+    assert_eq!(
+        fs::read_to_string(running.join("fork-file")).unwrap(),
+        "fork\n"
+    );
+    // The parent goes on too.
+    carried(&dir, "app");
     let list = w.list_json(&dir);
     let rows = list.as_array().unwrap();
     let row = |d: &std::path::Path| {
@@ -1367,6 +1437,24 @@ fn fork_starts_a_new_session_where_this_one_is() {
     assert_eq!(row(&running)["state"], "running");
     assert_eq!(row(&running)["forked_from"], id_of(&dir), "{parent_id}");
     assert!(row(&dir).get("forked_from").is_none());
+
+    // Of the suspended box: its saved memory comes along.
+    w.vm(&dir).arg("stop").assert().success();
+    let out = fork(&["../suspended"]);
+    assert!(
+        out.status.success() && stdout(&out).contains("resumes where the parent was"),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let suspended = w.root().join("suspended");
+    carried(&suspended, "suspended");
+    w.vm(&suspended)
+        .args(["stop", "--shutdown"])
+        .assert()
+        .success();
+    // The parent resumes from its own state, untouched by the fork's.
+    carried(&dir, "app");
 
     // Of the stopped box, now and from a snapshot taken before a change.
     w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
@@ -1382,7 +1470,7 @@ fn fork_starts_a_new_session_where_this_one_is() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!stdout(&out).contains("paused"));
+    assert!(!stdout(&out).contains("paused") && !stdout(&out).contains("resumes"));
     let out = fork(&["../from-snapshot", "--from", "before"]);
     assert!(
         out.status.success(),
@@ -1419,7 +1507,7 @@ fn fork_starts_a_new_session_where_this_one_is() {
     }
     assert!(!w.root().join("bad").exists());
     let listed = w.list_json(&dir).as_array().unwrap().len();
-    assert_eq!(listed, 4, "{}", w.list_json(&dir));
+    assert_eq!(listed, 5, "{}", w.list_json(&dir));
     for d in [&dir, &running] {
         w.vm(d).args(["stop", "--shutdown"]).assert().success();
     }

@@ -11,8 +11,11 @@
 //! The session is new (its own id, keys, logs); its disk is a copy of the
 //! parent's (sparse, reflinked where possible) made while the parent is at
 //! rest, or while its box is paused for the copy when it runs (the guest
-//! syncs first). Parent and fork never share a writable file. The fork
-//! boots; the parent's memory is not carried over.
+//! syncs first). Without `--from`, the parent's memory comes too when it
+//! has one — copied in the same pause when it runs, or its suspended state —
+//! so the fork resumes where the parent was (its project mount moved to the
+//! fork's path, the fork's own client key handed in); otherwise it boots.
+//! Parent and fork never share a writable file.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -67,7 +70,7 @@ pub fn run(ctx: &Context, dir: &Path, from: Option<&str>) -> anyhow::Result<()> 
             parent.dir().display()
         );
     }
-    let made = (|| -> anyhow::Result<(uuid::Uuid, Option<String>, bool)> {
+    let made = (|| -> anyhow::Result<(uuid::Uuid, Option<String>, bool, bool)> {
         eprintln!(
             "vibebox: copying {} to {}",
             parent.dir().display(),
@@ -84,18 +87,26 @@ pub fn run(ctx: &Context, dir: &Path, from: Option<&str>) -> anyhow::Result<()> 
             Ok::<_, anyhow::Error>(())
         })?;
         let copy = child.state_dir().join(".disk.fork.tmp");
-        let paused = copy_parent_disk(&parent, &copy)?;
+        // Without --from, the parent's memory comes along when it has one
+        // (running, or suspended): the fork resumes where the parent is.
+        let memory_dir = child.state_dir().join(".memory.fork.tmp");
+        let wanted = from.is_none().then_some(memory_dir.as_path());
+        let (paused, memory) = copy_parent_disk(ctx, &parent, &copy, wanted)?;
         vibebox_vm::snapshot::adopt_fork_disk(&parent, &child, &copy, from)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if memory {
+            vibebox_vm::snapshot::adopt_fork_memory(&parent, &child, &ctx.home, &memory_dir)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         // The person forked their own project: what they accepted for it
         // holds for the fork (its config is the same file, as it was).
         let trust = TrustStore::new(&ctx.home);
         if let Some(accepted) = trust.accepted(&parent_id)? {
             trust.accept(&entry.id, &dest, &accepted)?;
         }
-        Ok((entry.id, branch, paused))
+        Ok((entry.id, branch, paused, memory))
     })();
-    let (id, branch, paused) = match made {
+    let (id, branch, paused, memory) = match made {
         Ok(m) => m,
         Err(e) => {
             // Nothing half-made stays: the directory was new.
@@ -115,7 +126,13 @@ pub fn run(ctx: &Context, dir: &Path, from: Option<&str>) -> anyhow::Result<()> 
         println!("git branch {b} checked out there");
     }
     if paused {
-        println!("the running box was paused for the copy of its disk and goes on");
+        println!(
+            "the running box was paused for the copy of its {} and goes on",
+            if memory { "disk and memory" } else { "disk" }
+        );
+    }
+    if memory {
+        println!("the fork resumes where the parent was: its processes run on in it");
     }
     if let Some(s) = from {
         println!("its disk is snapshot `{s}` of the parent's");
@@ -270,30 +287,49 @@ fn new_branch(dest: &Path) -> anyhow::Result<Option<String>> {
     Ok(Some(branch))
 }
 
-/// Copies the parent's disk to `copy`: at rest, with the start lock held so
-/// that no box starts on it meanwhile; or through its supervisor, which
-/// pauses the running box for the copy. Returns whether it was paused.
-fn copy_parent_disk(parent: &Project, copy: &Path) -> anyhow::Result<bool> {
+/// Copies the parent's disk to `copy`, and its memory into the new
+/// directory `memory` when asked and it has one: at rest (a suspended box's
+/// saved memory), with the start lock held so that no box starts on it
+/// meanwhile; or through its supervisor, which pauses the running box for
+/// the copy. Returns whether it was paused and whether the memory came.
+fn copy_parent_disk(
+    ctx: &Context,
+    parent: &Project,
+    copy: &Path,
+    memory: Option<&Path>,
+) -> anyhow::Result<(bool, bool)> {
     let socket = parent.socket_path();
     let lock_path = parent.state_dir().join("spawn.lock");
     let lock = vibebox_supervisor::supervise::open_lock_file(&lock_path)
         .map_err(crate::runtime::supervisor_error)?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .context("cannot lock the session")?;
+    let vm = |e: vibebox_vm::VmError| anyhow::anyhow!("{e}");
     match control::status(&socket) {
         None => {
-            vibebox_vm::snapshot::copy_disk_at_rest(parent, copy)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(false)
+            vibebox_vm::snapshot::copy_disk_at_rest(parent, copy).map_err(vm)?;
+            let with_memory = match memory {
+                Some(dir) => vibebox_vm::snapshot::copy_suspended_memory(parent, &ctx.home, dir)
+                    .map_err(vm)?,
+                None => false,
+            };
+            Ok((false, with_memory))
         }
         Some(s) if s.state == SessionState::Running => {
             drop(lock);
-            eprintln!("vibebox: the box runs: pausing it for the copy of its disk");
-            let answer = control::copy_disk(&socket, copy)?;
+            eprintln!(
+                "vibebox: the box runs: pausing it for the copy of its {}",
+                if memory.is_some() {
+                    "disk and memory"
+                } else {
+                    "disk"
+                }
+            );
+            let answer = control::copy_disk(&socket, copy, memory)?;
             if !answer.ok {
-                bail!("cannot copy the running box's disk: {}", answer.message);
+                bail!("cannot copy the running box: {}", answer.message);
             }
-            Ok(true)
+            Ok((true, memory.is_some()))
         }
         Some(s) => bail!(
             "the box of {} is {}: try again when it runs or has stopped",
