@@ -2454,27 +2454,20 @@ both_runtimes!(a_hostile_tmux_cannot_reach_the_host_terminal);
 /// program in the box that fills more memory than ram_mb is killed.
 /// Returns the cgroup directories (they go when the box stops).
 fn container_limits_hold(w: &World, dir: &Path, cpu: &Path, memory: &Path) -> Vec<PathBuf> {
-    let groups: Vec<PathBuf> = fs::read_dir(cpu)
+    // Named after the session (other tests' boxes may still run).
+    let text = fs::read_to_string(dir.join(".vibebox/session.toml")).unwrap();
+    let id: uuid::Uuid = toml::from_str::<toml::Value>(&text).unwrap()["id"]
+        .as_str()
         .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("vibebox-")
-                && !fs::read_to_string(p.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .trim()
-                    .is_empty()
-        })
-        .collect();
-    assert_eq!(
-        groups.len(),
-        1,
-        "one running box's cgroup under {}: {groups:?}",
-        cpu.display()
+        .parse()
+        .unwrap();
+    let group = &cpu.join(format!("vibebox-{}", id.simple()));
+    let procs = fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+    assert!(
+        !procs.trim().is_empty(),
+        "the box runs in {}",
+        group.display()
     );
-    let group = &groups[0];
     let quota = fs::read_to_string(group.join("cpu.cfs_quota_us")).unwrap();
     let period = fs::read_to_string(group.join("cpu.cfs_period_us")).unwrap();
     assert_eq!(
