@@ -109,6 +109,54 @@ impl<T> NotReady<T> {
     }
 }
 
+/// Complete control lines from the guest, each bounded by
+/// [`CONTROL_LINE_MAX`].
+struct ControlLines {
+    reader: BufReader<UnixStream>,
+    line: String,
+}
+
+/// What one read of [`ControlLines`] gave.
+enum Got {
+    /// A whole line (without its newline).
+    Line(String),
+    /// Nothing whole yet (a timeout or part of a line).
+    Nothing,
+    /// The channel's end.
+    Closed,
+    /// A line longer than the bound (dropped).
+    TooLong,
+}
+
+impl ControlLines {
+    /// Reads `control` (a clone) with reads that time out after `poll`.
+    fn new(control: &UnixStream, poll: Duration) -> std::io::Result<ControlLines> {
+        control.set_read_timeout(Some(poll))?;
+        Ok(ControlLines {
+            reader: BufReader::new(control.try_clone()?),
+            line: String::new(),
+        })
+    }
+
+    fn next(&mut self) -> Got {
+        let room = (CONTROL_LINE_MAX + 1).saturating_sub(self.line.len()) as u64;
+        let read = std::io::Read::take(&mut self.reader, room).read_line(&mut self.line);
+        if self.line.len() > CONTROL_LINE_MAX {
+            self.line.clear();
+            return Got::TooLong;
+        }
+        match read {
+            Ok(0) => Got::Closed,
+            Ok(_) if self.line.ends_with('\n') => {
+                let line = self.line.trim().to_string();
+                self.line.clear();
+                Got::Line(line)
+            }
+            _ => Got::Nothing,
+        }
+    }
+}
+
 /// Waits for `ready <host key>` on `control` and pins the key in `ssh_dir`.
 /// `ended` is asked between reads whether the machine has ended.
 pub fn await_ready<T>(
@@ -119,12 +167,8 @@ pub fn await_ready<T>(
 ) -> Result<(), NotReady<T>> {
     let io =
         |e: std::io::Error| NotReady::Failed(format!("the guest's control channel failed: {e}"));
-    control
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .map_err(io)?;
-    let mut reader = BufReader::new(control.try_clone().map_err(io)?);
+    let mut lines = ControlLines::new(control, Duration::from_millis(500)).map_err(io)?;
     let start = Instant::now();
-    let mut line = String::new();
     loop {
         if let Some(how) = ended() {
             return Err(NotReady::Ended(how));
@@ -132,24 +176,18 @@ pub fn await_ready<T>(
         if start.elapsed() > timeout {
             return Err(NotReady::Timeout);
         }
-        let room = (CONTROL_LINE_MAX + 1).saturating_sub(line.len()) as u64;
-        let read = std::io::Read::take(&mut reader, room).read_line(&mut line);
-        if line.len() > CONTROL_LINE_MAX {
-            return Err(NotReady::TooLong);
-        }
-        match read {
-            Ok(0) => std::thread::sleep(Duration::from_millis(50)),
-            Ok(_) if !line.ends_with('\n') => {}
-            Ok(_) => {
-                if let Some(rest) = line.trim().strip_prefix("ready ") {
+        match lines.next() {
+            Got::TooLong => return Err(NotReady::TooLong),
+            Got::Closed => std::thread::sleep(Duration::from_millis(50)),
+            Got::Nothing => {}
+            Got::Line(line) => {
+                if let Some(rest) = line.strip_prefix("ready ") {
                     let (kind, blob) = ssh::parse_host_key(rest).ok_or(NotReady::BadKey)?;
                     ssh::pin_host_key(ssh_dir, &kind, &blob)
                         .map_err(|e| NotReady::Failed(e.to_string()))?;
                     break;
                 }
-                line.clear();
             }
-            Err(_) => {}
         }
     }
     control.set_read_timeout(None).map_err(io)?;
@@ -160,12 +198,8 @@ pub fn await_ready<T>(
 /// are skipped, each bounded like every control line.
 pub fn await_word(control: &UnixStream, word: &str, timeout: Duration) -> Result<(), String> {
     let io = |e: std::io::Error| format!("the guest's control channel failed: {e}");
-    control
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .map_err(io)?;
-    let mut reader = BufReader::new(control.try_clone().map_err(io)?);
+    let mut lines = ControlLines::new(control, Duration::from_millis(200)).map_err(io)?;
     let start = Instant::now();
-    let mut line = String::new();
     let found = loop {
         if start.elapsed() > timeout {
             break Err(format!(
@@ -173,18 +207,10 @@ pub fn await_word(control: &UnixStream, word: &str, timeout: Duration) -> Result
                 timeout.as_secs()
             ));
         }
-        let room = (CONTROL_LINE_MAX + 1).saturating_sub(line.len()) as u64;
-        let read = std::io::Read::take(&mut reader, room).read_line(&mut line);
-        if line.len() > CONTROL_LINE_MAX {
-            line.clear();
-            continue;
-        }
-        match read {
-            Ok(0) => break Err("the guest's control channel closed".into()),
-            Ok(_) if !line.ends_with('\n') => {}
-            Ok(_) if line.trim() == word => break Ok(()),
-            Ok(_) => line.clear(),
-            Err(_) => {}
+        match lines.next() {
+            Got::Closed => break Err("the guest's control channel closed".into()),
+            Got::Line(line) if line == word => break Ok(()),
+            Got::Line(_) | Got::Nothing | Got::TooLong => {}
         }
     };
     control.set_read_timeout(None).map_err(io)?;

@@ -2455,12 +2455,7 @@ both_runtimes!(a_hostile_tmux_cannot_reach_the_host_terminal);
 /// Returns the cgroup directories (they go when the box stops).
 fn container_limits_hold(w: &World, dir: &Path, cpu: &Path, memory: &Path) -> Vec<PathBuf> {
     // Named after the session (other tests' boxes may still run).
-    let text = fs::read_to_string(dir.join(".vibebox/session.toml")).unwrap();
-    let id: uuid::Uuid = toml::from_str::<toml::Value>(&text).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let id: uuid::Uuid = common::session_id(dir).parse().unwrap();
     let group = &cpu.join(format!("vibebox-{}", id.simple()));
     let procs = fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
     assert!(
