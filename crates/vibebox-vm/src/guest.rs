@@ -234,6 +234,23 @@ mod tests {
     }
 
     #[test]
+    fn a_word_is_found_among_other_lines_and_a_silent_guest_times_out() {
+        use std::io::Write;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        // The guest floods an over-long line and other words first.
+        b.write_all(&vec![b'x'; CONTROL_LINE_MAX * 3]).unwrap();
+        b.write_all(b"\nkeyed-not\nready x\nkeyed\n").unwrap();
+        assert_eq!(await_word(&a, "keyed", Duration::from_secs(10)), Ok(()));
+        // Silent: a timeout, not a hang.
+        let r = await_word(&a, "keyed", Duration::from_millis(300));
+        assert!(r.unwrap_err().contains("did not answer"));
+        // Gone: said at once.
+        drop(b);
+        let r = await_word(&a, "keyed", Duration::from_secs(10));
+        assert!(r.unwrap_err().contains("closed"));
+    }
+
+    #[test]
     fn a_flood_without_newline_is_refused_and_a_dead_machine_noticed() {
         let dir = tempfile::tempdir().unwrap();
         let (a, mut b) = UnixStream::pair().unwrap();

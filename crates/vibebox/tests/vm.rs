@@ -149,7 +149,7 @@ fn session_lifecycle(rt: Rt) {
     // A command runs in the project directory as the guest user; exit codes pass through.
     let out = w
         .vm(&dir)
-        .args(["exec", "--", "sh", "-c", "pwd; id -un; hostname; cat from-host.txt; echo written > from-guest.txt; echo persistent > /var/tmp/marker"])
+        .args(["exec", "--", "sh", "-c", "pwd; id -un; hostname; cat from-host.txt; echo written > from-guest.txt; echo persistent > /var/tmp/marker; ln -s / /var/tmp/host-root"])
         .output()
         .unwrap();
     let text = stdout(&out);
@@ -321,6 +321,17 @@ fn session_lifecycle(rt: Rt) {
             g.display()
         );
     }
+    // `list` counts the disk the session keeps (the VM's disk, the
+    // container's writable layer) — without following what the box planted
+    // there (a link to the host's root, below).
+    let out = w.vm(&dir).args(["list", "--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept = match rt {
+        Rt::Vm => "disk_bytes",
+        Rt::Container => "container_bytes",
+    };
+    let bytes = rows[0][kept].as_u64().unwrap_or(0);
+    assert!(bytes > 0 && bytes < 1 << 30, "{kept} = {bytes}: {rows}");
     if rt == Rt::Container {
         // crun makes its output fds the box root's: the log is never one of them.
         let log = fs::metadata(dir.join(".vibebox/logs/container.log")).unwrap();
