@@ -6,6 +6,7 @@
 //! - [`virtiofs`]: one virtiofsd per mount, read-only enforced on the host;
 //! - [`ssh`]: per-project keys and the pinned guest host key;
 //! - [`process`]: child processes that die with the supervisor;
+//! - [`template`]: new sessions that resume a saved first boot of their image;
 //! - [`runtime`]: [`runtime::VmRuntime`], the QEMU runtime behind
 //!   `vibebox_core::runtime::Runtime`.
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@ pub mod qmp;
 pub mod runtime;
 pub mod snapshot;
 pub mod ssh;
+pub mod template;
 pub mod virtiofs;
 
 /// Errors of the VM runtime.

@@ -135,6 +135,8 @@ impl Runtime for VmRuntime {
         } else {
             Accel::Tcg
         };
+        // A new session: no disk yet (a fork or a restored save has one).
+        let fresh = !project.disk_path().exists();
         let (pubkey, base_sha) = prepare_disk_and_keys(req, &project, events)?;
         events.log(&format!(
             "accelerator: {accel:?} ({})",
@@ -163,16 +165,48 @@ impl Runtime for VmRuntime {
             events.log(&why);
             events.progress(&why);
         };
+        // A new session starts from its image's template where it can.
+        let mut from_template = false;
+        if fresh && matches!(saved.saved(), Saved::Nothing) {
+            let guest_paths: Vec<String> =
+                req.plan.shares.iter().map(|s| s.guest.clone()).collect();
+            let adopted =
+                crate::template::get_or_make(req, accel, &base_sha, events).and_then(|t| {
+                    t.adopt(&project, &saved, &fingerprint, &guest_paths)
+                        .map_err(|e| e.to_string())
+                });
+            match adopted {
+                Ok(()) => from_template = true,
+                Err(e) => {
+                    saved.discard();
+                    renew_disk(req, &project)?;
+                    booting_afresh(&format!("no template for new sessions: {e}"), events);
+                }
+            }
+        }
         match saved.saved() {
             Saved::For(old) if old == fingerprint => {
-                events.progress("resuming the suspended box");
+                // Made from a template (now, or by a start that did not
+                // finish): its disk holds the template box's host key.
+                let template_born = from_template || saved.new_identity();
+                events.progress(if template_born {
+                    "starting from the image's template"
+                } else {
+                    "resuming the suspended box"
+                });
                 match boot(true, events) {
                     Ok(m) => {
                         saved.consumed();
                         return Ok(Box::new(m));
                     }
                     Err(Start::EarlyExit(e)) | Err(Start::Failed(RuntimeError(e))) => {
-                        booting_afresh(&format!("the suspended state could not be resumed ({e})"), events)
+                        if template_born {
+                            saved.discard();
+                            renew_disk(req, &project)?;
+                            booting_afresh(&format!("the template could not be resumed ({e})"), events)
+                        } else {
+                            booting_afresh(&format!("the suspended state could not be resumed ({e})"), events)
+                        }
                     }
                 }
             }
@@ -190,22 +224,58 @@ impl Runtime for VmRuntime {
             Saved::Nothing => {}
         }
         saved.discard();
-        let mut attempt = 1;
-        loop {
-            match boot(false, events) {
-                Ok(m) => return Ok(Box::new(m)),
-                Err(Start::EarlyExit(msg)) if attempt < 3 => {
-                    // QEMU occasionally resets in the firmware with a
-                    // shared-memory backend (see FIELD-NOTES); a fresh start
-                    // gets past it.
-                    events.log(&format!("attempt {attempt}: {msg}; starting again"));
-                    attempt += 1;
-                }
-                Err(Start::EarlyExit(msg)) => return Err(fail(msg)),
-                Err(Start::Failed(e)) => return Err(e),
+        let m = boot_with_retries(req, &project, accel, &pubkey, &saved, &fingerprint, events)?;
+        Ok(Box::new(m))
+    }
+}
+
+/// Boots the machine `req` describes (no saved state).
+pub(crate) fn boot_with_retries(
+    req: &StartRequest<'_>,
+    project: &Project,
+    accel: Accel,
+    pubkey: &str,
+    saved: &SavedState,
+    fingerprint: &Fingerprint,
+    events: &mut dyn StartEvents,
+) -> Result<VmMachine, RuntimeError> {
+    let mut attempt = 1;
+    loop {
+        match start_machine(
+            req,
+            project,
+            accel,
+            pubkey,
+            saved,
+            fingerprint,
+            false,
+            events,
+        ) {
+            Ok(m) => return Ok(m),
+            Err(Start::EarlyExit(msg)) if attempt < 3 => {
+                // QEMU occasionally resets in the firmware with a
+                // shared-memory backend (see FIELD-NOTES); a fresh start
+                // gets past it.
+                events.log(&format!("attempt {attempt}: {msg}; starting again"));
+                attempt += 1;
             }
+            Err(Start::EarlyExit(msg)) => return Err(fail(msg)),
+            Err(Start::Failed(e)) => return Err(e),
         }
     }
+}
+
+/// A new, empty instance disk in place of one a template gave (which a
+/// boot must not use: it holds the template box's host key).
+fn renew_disk(req: &StartRequest<'_>, project: &Project) -> Result<(), RuntimeError> {
+    let _ = fs::remove_file(project.disk_path());
+    disk::ensure_overlay(
+        &req.config.image.dir(req.vibebox_home).join("disk.img"),
+        &project.disk_path(),
+        req.config.disk_gb,
+    )
+    .map_err(vm)?;
+    Ok(())
 }
 
 /// Checks the image and the instance disk (made on first use, bound to the
@@ -377,7 +447,7 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    fn of(req: &StartRequest<'_>, accel: Accel, base_sha: &str) -> Fingerprint {
+    pub(crate) fn of(req: &StartRequest<'_>, accel: Accel, base_sha: &str) -> Fingerprint {
         Fingerprint {
             base_sha: base_sha.to_string(),
             guest_version: vibebox_image::guest_version(),
@@ -434,6 +504,10 @@ pub(crate) struct Record {
     /// guest path to its own).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) moves: Vec<(String, String)>,
+    /// A new session from its image's template: after the resume the guest
+    /// takes its own identity (SSH host key, machine-id, explain text).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) identity: bool,
 }
 
 impl Record {
@@ -469,6 +543,7 @@ impl Record {
             fingerprint,
             dev_state_sha256: self.dev_state_sha256.clone(),
             moves,
+            identity: self.identity,
         }
     }
 }
@@ -522,6 +597,16 @@ impl SavedState {
                 .join("suspended")
                 .join(format!("{session}.json")),
         }
+    }
+
+    /// The state saved in `dir`, vouched for by the record at `record`.
+    pub(crate) fn in_dir(dir: std::path::PathBuf, record: std::path::PathBuf) -> SavedState {
+        SavedState { dir, record }
+    }
+
+    /// The directory of the RAM and the devices.
+    pub(crate) fn ram_dir(&self) -> &Path {
+        &self.dir
     }
 
     pub(crate) fn at(project: &Project, vibebox_home: &Path) -> Result<SavedState, RuntimeError> {
@@ -587,13 +672,20 @@ impl SavedState {
         self.write_record_text(&record.to_string())
     }
 
-    /// The mounts the record says to move after the resume.
-    fn moves(&self) -> Vec<(String, String)> {
+    fn record(&self) -> Option<Record> {
         fs::read_to_string(&self.record)
             .ok()
             .and_then(|t| serde_json::from_str::<Record>(&t).ok())
-            .map(|r| r.moves)
-            .unwrap_or_default()
+    }
+
+    /// The mounts the record says to move after the resume.
+    fn moves(&self) -> Vec<(String, String)> {
+        self.record().map(|r| r.moves).unwrap_or_default()
+    }
+
+    /// Whether the resumed guest takes a new identity (a template's).
+    fn new_identity(&self) -> bool {
+        self.record().is_some_and(|r| r.identity)
     }
 
     /// The state was loaded: the RAM file is the running guest's memory again.
@@ -792,6 +884,7 @@ impl RunningMachine for VmMachine {
                         crate::VmError::Setup(format!("cannot read {}: {e}", state.display()))
                     })?,
                     moves: Vec::new(),
+                    identity: false,
                 };
                 let text = serde_json::to_string(&record)
                     .map_err(|e| crate::VmError::Setup(e.to_string()))?;
@@ -853,6 +946,7 @@ impl RunningMachine for VmMachine {
                     fingerprint: self.fingerprint.clone(),
                     dev_state_sha256: sha256_of(&tmp)?,
                     moves: Vec::new(),
+                    identity: false,
                 };
                 let text = serde_json::to_string(&record).map_err(std::io::Error::other)?;
                 fs::write(&self.saved.record, text)
@@ -872,6 +966,38 @@ impl RunningMachine for VmMachine {
             }
         }
     }
+}
+
+/// A guest resumed from its image's template takes the session's identity:
+/// a new SSH host key (made on the host, pinned in `ssh_dir` once the guest
+/// has it), a new machine-id, the session's explain text.
+fn give_identity(
+    control: &mut UnixStream,
+    req: &StartRequest<'_>,
+    ssh_dir: &Path,
+    run_dir: &Path,
+) -> Result<(), RuntimeError> {
+    let (private, public) = ssh::new_host_key(run_dir).map_err(vm)?;
+    let (kind, blob) = public
+        .rsplit_once(' ')
+        .and_then(|(key, _comment)| ssh::parse_host_key(key))
+        .ok_or_else(|| fail(format!("ssh-keygen made an unexpected key: {public}")))?;
+    let machine_id = uuid_v4().replace('-', "");
+    // Never an empty word: the explain text ends with a newline.
+    let mut explain = req.plan.explain.clone();
+    if !explain.ends_with('\n') {
+        explain.push('\n');
+    }
+    let line = format!(
+        "identity {} {} {machine_id} {blob}\n",
+        crate::guest::escaped(explain.as_bytes()),
+        crate::guest::escaped(&private),
+    );
+    control
+        .write_all(line.as_bytes())
+        .map_err(|e| fail(format!("the guest's control port failed: {e}")))?;
+    crate::guest::await_word(control, "identified", Duration::from_secs(30)).map_err(fail)?;
+    ssh::pin_host_key(ssh_dir, &kind, &blob).map_err(vm)
 }
 
 /// Starts virtiofsd for each share and QEMU, hands the guest its
@@ -1056,21 +1182,21 @@ fn start_machine(
         control
             .write_all(format!("time {now}\n").as_bytes())
             .map_err(io)?;
-        // A fork: its project's mount moves to the fork's guest path. Then
-        // the session's client key (a fork's own) goes in, confirmed before
-        // the first SSH connection.
+        // A fork or a template: mounts move to the session's guest paths.
+        // Then the session's client key goes in, confirmed before the first
+        // SSH connection.
         for (from, to) in saved.moves() {
             control
                 .write_all(
                     format!(
                         "move {} {}\n",
-                        crate::guest::b64(from.as_bytes()),
-                        crate::guest::b64(to.as_bytes())
+                        crate::guest::escaped(from.as_bytes()),
+                        crate::guest::escaped(to.as_bytes())
                     )
                     .as_bytes(),
                 )
                 .map_err(io)?;
-            events.log(&format!("moving the project's mount from {from} to {to}"));
+            events.log(&format!("moving the mount {from} to {to}"));
         }
         let mut key = pubkey.split_whitespace();
         control
@@ -1084,7 +1210,13 @@ fn start_machine(
             )
             .map_err(io)?;
         crate::guest::await_word(&control, "keyed", Duration::from_secs(30)).map_err(fail)?;
-        events.log("resumed the suspended box");
+        if saved.new_identity() {
+            give_identity(&mut control, req, &project.ssh_dir(), run_dir)?;
+            events.log("the box took its own identity (SSH host key, machine-id)");
+            events.log("resumed the image's template");
+        } else {
+            events.log("resumed the suspended box");
+        }
         return Ok(VmMachine {
             qemu,
             helpers,
@@ -1171,6 +1303,7 @@ mod tests {
             },
             dev_state_sha256: "s".into(),
             moves: Vec::new(),
+            identity: false,
         };
         let fork = record.for_fork(Path::new("/w/app"), Path::new("/v/app-2"));
         let shares: Vec<(String, String)> = fork

@@ -29,21 +29,7 @@ pub fn ensure_keypair(ssh_dir: &Path) -> Result<String, VmError> {
         .map_err(|e| VmError::Setup(format!("cannot create {}: {e}", ssh_dir.display())))?;
     let key = key_path(ssh_dir);
     if !key.exists() {
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "vibebox", "-f"])
-            .arg(&key)
-            .output()
-            .map_err(|e| {
-                VmError::Setup(format!(
-                    "cannot run ssh-keygen ({e}); install openssh-client"
-                ))
-            })?;
-        if !out.status.success() {
-            return Err(VmError::Setup(format!(
-                "ssh-keygen failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        keygen(&key)?;
     }
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
         .map_err(|e| VmError::Setup(format!("cannot protect {}: {e}", key.display())))?;
@@ -51,6 +37,47 @@ pub fn ensure_keypair(ssh_dir: &Path) -> Result<String, VmError> {
     let line = fs::read_to_string(&public)
         .map_err(|e| VmError::Setup(format!("cannot read {}: {e}", public.display())))?;
     Ok(line.trim().to_string())
+}
+
+/// Makes an ed25519 key pair at `key` and `key.pub`.
+fn keygen(key: &Path) -> Result<(), VmError> {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "vibebox", "-f"])
+        .arg(key)
+        .output()
+        .map_err(|e| {
+            VmError::Setup(format!(
+                "cannot run ssh-keygen ({e}); install openssh-client"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(VmError::Setup(format!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// A new host key for a guest, made on the host (where it costs
+/// milliseconds, not the guest's emulated second) in the private directory
+/// `dir` and removed from it: the private key file's bytes and the public
+/// key line.
+pub fn new_host_key(dir: &Path) -> Result<(Vec<u8>, String), VmError> {
+    let key = dir.join(format!("hostkey-{}", std::process::id()));
+    let public = key.with_extension("pub");
+    let _ = fs::remove_file(&key);
+    let _ = fs::remove_file(&public);
+    let made = keygen(&key).and_then(|()| {
+        let read = |p: &Path| {
+            fs::read(p).map_err(|e| VmError::Setup(format!("cannot read {}: {e}", p.display())))
+        };
+        Ok((read(&key)?, read(&public)?))
+    });
+    let _ = fs::remove_file(&key);
+    let _ = fs::remove_file(&public);
+    let (private, public) = made?;
+    Ok((private, String::from_utf8_lossy(&public).trim().to_string()))
 }
 
 /// Checks a host key line (`ssh-ed25519 AAAA...`) from the guest.
@@ -80,20 +107,36 @@ pub fn pin_host_key(ssh_dir: &Path, kind: &str, blob: &str) -> Result<(), VmErro
         .map_err(|e| VmError::Setup(format!("cannot write {}: {e}", path.display())))
 }
 
+/// A path as the value of an `-o` option: ssh splits values at whitespace
+/// unless quoted, takes `\` as an escape inside quotes and expands `%`
+/// tokens in these keys (a project at `/w/my app 100%` must work).
+fn option_path(p: &Path) -> String {
+    let s = p.display().to_string();
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%");
+    format!("\"{escaped}\"")
+}
+
 /// The options every vibebox ssh uses: our key, the pinned host key only,
 /// connection sharing through `control_path`.
 pub fn options(ssh_dir: &Path, port: u16, control_path: &Path) -> Vec<String> {
     vec![
         "-F".into(),
         "/dev/null".into(),
-        "-i".into(),
-        key_path(ssh_dir).display().to_string(),
+        // Not `-i`: ssh expands `%` in that path too, unquoted.
+        "-o".into(),
+        format!("IdentityFile={}", option_path(&key_path(ssh_dir))),
         "-p".into(),
         port.to_string(),
         "-o".into(),
         "IdentitiesOnly=yes".into(),
         "-o".into(),
-        format!("UserKnownHostsFile={}", known_hosts_path(ssh_dir).display()),
+        format!(
+            "UserKnownHostsFile={}",
+            option_path(&known_hosts_path(ssh_dir))
+        ),
         "-o".into(),
         "StrictHostKeyChecking=yes".into(),
         "-o".into(),
@@ -101,7 +144,7 @@ pub fn options(ssh_dir: &Path, port: u16, control_path: &Path) -> Vec<String> {
         "-o".into(),
         "ControlMaster=auto".into(),
         "-o".into(),
-        format!("ControlPath={}", control_path.display()),
+        format!("ControlPath={}", option_path(control_path)),
         "-o".into(),
         "ControlPersist=300".into(),
         "-o".into(),
@@ -131,6 +174,15 @@ mod tests {
         let o = options(Path::new("/p/.vibebox/ssh"), 2222, Path::new("/run/cm"));
         assert!(o.contains(&"StrictHostKeyChecking=yes".to_string()));
         assert!(!o.iter().any(|x| x.contains("StrictHostKeyChecking=no")));
-        assert!(o.contains(&"UserKnownHostsFile=/p/.vibebox/ssh/known_hosts".to_string()));
+        assert!(o.contains(&"UserKnownHostsFile=\"/p/.vibebox/ssh/known_hosts\"".to_string()));
+        let o = options(
+            Path::new("/w/my \"app\" 100%\\/.vibebox/ssh"),
+            1,
+            Path::new("/r"),
+        );
+        assert!(o.contains(
+            &"UserKnownHostsFile=\"/w/my \\\"app\\\" 100%%\\\\/.vibebox/ssh/known_hosts\""
+                .to_string()
+        ));
     }
 }

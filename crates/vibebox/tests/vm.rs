@@ -1525,6 +1525,145 @@ fn fork_starts_a_new_session_where_this_one_is() {
 }
 
 /// The container runtime says plainly that it cannot fork yet.
+/// Whether any file under `dir` contains `needle` (sparse files included).
+fn tree_contains(dir: &Path, needle: &[u8]) -> bool {
+    let out = Command::new("grep")
+        .args(["-r", "-q", "-a", "-F", "--"])
+        .arg(String::from_utf8_lossy(needle).as_ref())
+        .arg(dir)
+        .status()
+        .unwrap();
+    out.success()
+}
+
+/// Templates: the first new session of an image makes a template from a box
+/// that never saw a project; every new session resumes it and takes its own
+/// identity (mount, client key, SSH host key, machine-id, explain text).
+#[test]
+fn new_sessions_start_from_the_images_template() {
+    let Some((_serial, w)) = begin(Rt::Vm) else {
+        return;
+    };
+    let log = |d: &Path| fs::read_to_string(d.join(".vibebox/logs/supervisor.log")).unwrap();
+    let identity = "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; pwd; ls; \
+                    mount | grep -c /run/vibebox/template; cat /run/vibebox/explain.txt; echo done";
+    let first = w.project("first");
+    write_config(&first, "", 60_000);
+    fs::write(first.join("secret.txt"), "PROJECT-SECRET-5f1d\n").unwrap();
+    let one = run_script(&w, &first, identity);
+    assert!(log(&first).contains("made the template"), "{}", log(&first));
+    assert!(log(&first).contains("resumed the image's template"));
+    assert!(one.contains("/home/vibecoder/first\nsecret.txt\n"), "{one}");
+    // Nothing of the template's guest mounts is left.
+    assert!(one.contains("\n0\n"), "{one}");
+    // The template holds nothing of the project that asked for it.
+    let templates = w.vibebox_home().join("templates/debian-bookworm");
+    let made: Vec<PathBuf> = fs::read_dir(&templates)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert!(!tree_contains(&made[0], b"PROJECT-SECRET-5f1d"));
+    assert!(!tree_contains(&made[0], b"/home/vibecoder/first"));
+
+    // A second new session, at a path ssh and the guest must both take
+    // literally: resumes the template, boots nothing.
+    let second = w.project("sec ond %\"x");
+    write_config(&second, "", 60_000);
+    let two = run_script(&w, &second, identity);
+    assert!(
+        !log(&second).contains("made the template"),
+        "{}",
+        log(&second)
+    );
+    assert!(
+        !log(&second).contains("guest ready after"),
+        "{}",
+        log(&second)
+    );
+    assert!(
+        two.contains("/home/vibecoder/sec ond %\"x\nvibebox.toml\n"),
+        "{two}"
+    );
+    assert!(
+        two.contains("sec ond %\"x"),
+        "the explain text is the session's: {two}"
+    );
+    // Its own identity: another machine-id and SSH host key, the one the
+    // host pinned.
+    let (id1, key1) = (one.lines().next().unwrap(), one.lines().nth(1).unwrap());
+    let (id2, key2) = (two.lines().next().unwrap(), two.lines().nth(1).unwrap());
+    assert_eq!(id2.len(), 32, "{two}");
+    assert_ne!(id1, id2);
+    assert_ne!(key1, key2);
+    let pinned = fs::read_to_string(second.join(".vibebox/ssh/known_hosts")).unwrap();
+    let blob2 = key2.split_whitespace().nth(1).unwrap();
+    assert!(pinned.contains(blob2), "{pinned} vs {key2}");
+    // Both run at once; a write lands in its own project only.
+    run_script(&w, &second, "echo two > made-here; echo done");
+    assert!(second.join("made-here").is_file());
+    assert!(!first.join("made-here").exists());
+    assert!(run_script(&w, &first, "ls; echo done").contains("secret.txt"));
+    // The identity is on the session's disk: a cold boot keeps it.
+    w.vm(&second)
+        .args(["stop", "--shutdown"])
+        .assert()
+        .success();
+    let again = run_script(&w, &second, identity);
+    assert!(log(&second).contains("guest ready after"), "booted");
+    assert_eq!(again.lines().nth(1), Some(key2), "{again}");
+    assert_eq!(again.lines().next(), Some(id2), "{again}");
+
+    // Another machine shape (one more mount, read-only) has its own template.
+    let data = w.root().join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("d.txt"), "data\n").unwrap();
+    let third = w.project("third");
+    write_config(
+        &third,
+        &format!("\"{}:/data:read-only\"", data.display()),
+        1000,
+    );
+    w.vm(&third).args(["trust", "--yes"]).assert().success();
+    let three = run_script(&w, &third, "cat /data/d.txt; touch /data/x 2>&1; echo done");
+    assert!(log(&third).contains("made the template"), "{}", log(&third));
+    assert!(three.contains("data\n"), "{three}");
+    assert!(
+        !data.join("x").exists(),
+        "the read-only mount stays read-only"
+    );
+
+    // A template whose saved devices changed is never loaded: it is made
+    // again.
+    let state = made[0].join(".vibebox/state/dev.state");
+    let mut bytes = fs::read(&state).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&state, bytes).unwrap();
+    let fourth = w.project("fourth");
+    write_config(&fourth, "", 1000);
+    run_script(&w, &fourth, "echo done");
+    assert!(
+        log(&fourth).contains("made the template"),
+        "{}",
+        log(&fourth)
+    );
+
+    // `image list` counts them.
+    let out = w
+        .vm(&first)
+        .args(["image", "list", "--json"])
+        .output()
+        .unwrap();
+    let images: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(images[0]["templates"], 2, "{images}");
+    for d in [&first, &second, &third, &fourth] {
+        w.vm(d).args(["stop", "--shutdown"]).assert().success();
+    }
+}
+
 #[test]
 fn the_container_runtime_refuses_to_fork() {
     let Some((_serial, w)) = begin(Rt::Container) else {
