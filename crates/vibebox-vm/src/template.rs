@@ -210,6 +210,14 @@ pub fn get_or_make(
     if let Some(t) = Template::open(&dir, &shape) {
         return Ok(t);
     }
+    // Under the lock, a half-made template of this shape is what a killed
+    // supervisor left.
+    let partial = format!("{}.new-", shape.key());
+    for e in fs::read_dir(&root).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&partial) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
     events.progress(&format!(
         "making the template of image `{}` for new sessions (once; later new sessions start from it)",
         req.config.image
