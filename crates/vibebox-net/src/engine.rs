@@ -355,7 +355,7 @@ impl Engine {
             live: None,
             asks: None,
             held: Vec::new(),
-            next_local_port: 49152,
+            next_local_port: first_local_port(),
             log: RateLimitedLog::new(log),
             epoch,
         }
@@ -468,11 +468,7 @@ impl Engine {
                     tcp::SocketBuffer::new(vec![0; BUF]),
                     tcp::SocketBuffer::new(vec![0; BUF]),
                 );
-                self.next_local_port = if self.next_local_port >= 65000 {
-                    49152
-                } else {
-                    self.next_local_port + 1
-                };
+                self.next_local_port = next_local_port(self.next_local_port);
                 let dest = SocketAddr::new(IpAddr::V4(GUEST), guest_port);
                 if socket
                     .connect(
@@ -1085,5 +1081,53 @@ impl Engine {
             tv_nsec: timeout.subsec_nanos() as _,
         };
         let _ = poll(&mut fds, Some(&ts));
+    }
+}
+
+/// The source ports the engine connects into the guest from (forwards).
+const LOCAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65000;
+
+/// Where a new engine starts in [`LOCAL_PORTS`]: at random. A resumed or
+/// forked guest still holds the connections of the engine before it (its
+/// memory says they are open); a new engine that started at the same port
+/// would send its first SYN into one of them, which the guest answers with
+/// an ACK for the old connection, and the connection would open only when
+/// the SYN is sent again, a second later.
+fn first_local_port() -> u16 {
+    let mut b = [0u8; 2];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map(|()| u16::from_ne_bytes(b))
+        .unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() as u16)
+                .unwrap_or(0)
+        });
+    let span = LOCAL_PORTS.end() - LOCAL_PORTS.start() + 1;
+    LOCAL_PORTS.start() + random % span
+}
+
+/// The port after `port` in [`LOCAL_PORTS`], wrapping around.
+fn next_local_port(port: u16) -> u16 {
+    if port >= *LOCAL_PORTS.end() || port < *LOCAL_PORTS.start() {
+        *LOCAL_PORTS.start()
+    } else {
+        port + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_source_ports_start_at_random_and_stay_in_range() {
+        let starts: std::collections::HashSet<u16> = (0..20).map(|_| first_local_port()).collect();
+        assert!(starts.len() > 1, "{starts:?}");
+        assert!(starts.iter().all(|p| LOCAL_PORTS.contains(p)));
+        assert_eq!(next_local_port(49152), 49153);
+        assert_eq!(next_local_port(65000), 49152);
+        assert_eq!(next_local_port(80), 49152);
     }
 }

@@ -6,30 +6,48 @@ use std::time::Duration;
 
 use vibebox_core::project::Project;
 
+/// Where the project is, kept current by [`follow_moves`].
+#[derive(Debug, Clone)]
+pub struct Whereabouts {
+    /// Its directory now.
+    pub here: std::sync::Arc<std::sync::Mutex<PathBuf>>,
+    /// Set once the directory was deleted (the session is gone with it).
+    pub gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Holds the project directory open and looks every 2 s where it is now:
 /// when it moved, the index follows (`vibebox list` shows the new place at
-/// once). Returns where it is, kept current.
+/// once); when it was deleted, `gone` is set.
 pub fn follow_moves(
     project: &Project,
     vibebox_home: &Path,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::sync::Arc<std::sync::Mutex<PathBuf>> {
+) -> Whereabouts {
     use rustix::fs::{Mode, OFlags};
-    let here = std::sync::Arc::new(std::sync::Mutex::new(project.dir().to_path_buf()));
+    let found = Whereabouts {
+        here: std::sync::Arc::new(std::sync::Mutex::new(project.dir().to_path_buf())),
+        gone: Default::default(),
+    };
     let Ok(fd) = rustix::fs::open(
         project.dir(),
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     ) else {
-        return here;
+        return found;
     };
     let index = vibebox_core::index::Index::new(vibebox_home);
-    let shared = here.clone();
+    let shared = found.here.clone();
+    let gone = found.gone.clone();
     std::thread::spawn(move || {
         use std::os::fd::AsRawFd;
         let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(Duration::from_secs(2));
+            // A deleted directory has no links left.
+            if rustix::fs::fstat(&fd).is_ok_and(|st| st.st_nlink == 0) {
+                gone.store(true, std::sync::atomic::Ordering::Relaxed);
+                break;
+            }
             let Ok(now) = fs::read_link(&link) else {
                 continue;
             };
@@ -55,5 +73,5 @@ pub fn follow_moves(
             *last = now;
         }
     });
-    here
+    found
 }

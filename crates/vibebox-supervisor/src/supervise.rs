@@ -326,7 +326,9 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     );
     let mut held_by_terminal = false;
     let stop_watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let here = crate::moves::follow_moves(&project, &host.vibebox_home, stop_watching.clone());
+    let whereabouts =
+        crate::moves::follow_moves(&project, &host.vibebox_home, stop_watching.clone());
+    let here = whereabouts.here.clone();
     state.on_reload(crate::reload::reloader(
         &plan.config_file,
         &config,
@@ -366,6 +368,11 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         if let Some(how) = machine.exited() {
             log(&how);
             break None;
+        }
+        if whereabouts.gone.load(std::sync::atomic::Ordering::Relaxed) {
+            // Nothing to keep it for, and nowhere to save it.
+            log("the project directory was deleted: powering the box off");
+            break Some(false);
         }
         for job in state.take_copies() {
             // What the guest wrote is on its disk before the pause.

@@ -147,6 +147,12 @@ pub fn options(ssh_dir: &Path, port: u16, control_path: &Path) -> Vec<String> {
         format!("ControlPath={}", option_path(control_path)),
         "-o".into(),
         "ControlPersist=300".into(),
+        // ECDH over P-256 first: OpenSSL's P-256 takes the guest about a
+        // third less time than curve25519 under TCG, where the first
+        // connection's key exchange is much of a start (0.29 s against
+        // 0.43 s for a new connection here); curve25519 stays allowed.
+        "-o".into(),
+        "KexAlgorithms=ecdh-sha2-nistp256,curve25519-sha256,curve25519-sha256@libssh.org".into(),
         "-o".into(),
         "LogLevel=ERROR".into(),
         "-o".into(),

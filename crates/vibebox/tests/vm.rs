@@ -486,6 +486,31 @@ fn killed_supervisor_leaves_nothing_behind(rt: Rt) {
 
 both_runtimes!(killed_supervisor_leaves_nothing_behind);
 
+/// A project deleted while its box runs (even held up by a detached
+/// terminal) takes its box with it: nothing of it runs on.
+fn a_deleted_project_takes_its_box_with_it(rt: Rt) {
+    let Some((_serial, w)) = begin(rt) else {
+        return;
+    };
+    let dir = w.project("doomed");
+    write_config(&dir, "", 60_000);
+    w.vm(&dir)
+        .args(["run", "-d", "--name", "busy", "--", "sleep", "100000"])
+        .assert()
+        .success();
+    let id = common::session_id(&dir).replace('-', "");
+    assert!(!processes_mentioning(&id).is_empty(), "the box runs");
+    fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || processes_mentioning(&id)
+            .is_empty()),
+        "left behind: {:?}",
+        processes_mentioning(&id)
+    );
+}
+
+both_runtimes!(a_deleted_project_takes_its_box_with_it);
+
 /// `vibebox` opens a login shell in the project directory (a real PTY when the
 /// host has a terminal), with the `:` commands; `:new` from inside the box
 /// deletes nothing without a confirmation at the host terminal.
