@@ -201,8 +201,6 @@ impl Runtime for VmRuntime {
                     }
                     Err(Start::EarlyExit(e)) | Err(Start::Failed(RuntimeError(e))) => {
                         if template_born {
-                            saved.discard();
-                            renew_disk(req, &project)?;
                             booting_afresh(&format!("the template could not be resumed ({e})"), events)
                         } else {
                             booting_afresh(&format!("the suspended state could not be resumed ({e})"), events)
@@ -222,6 +220,11 @@ impl Runtime for VmRuntime {
                 events,
             ),
             Saved::Nothing => {}
+        }
+        // A disk copied from a template is never booted: it holds the
+        // template box's host key, which only the resume replaces.
+        if saved.new_identity() {
+            renew_disk(req, &project)?;
         }
         saved.discard();
         let m = boot_with_retries(req, &project, accel, &pubkey, &saved, &fingerprint, events)?;
