@@ -800,6 +800,23 @@ fn wait_loaded(qmp: &mut Qmp) -> Result<String, crate::VmError> {
     }
 }
 
+/// Waits (at most `timeout`) until process `pid` has `path` open.
+fn wait_until_open(pid: u32, path: &Path, timeout: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let open = fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|e| fs::read_link(e.path()).is_ok_and(|l| l == path))
+            })
+            .unwrap_or(false);
+        if open || !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A random (v4) UUID for vmgenid.
 fn uuid_v4() -> String {
     let mut b = [0u8; 16];
@@ -1140,8 +1157,12 @@ fn start_machine(
     let qemu = all.remove(0);
     let ram_in_memory = ram != saved.ram();
     if ram_in_memory {
-        // QEMU has it open and mapped: nothing else needs the name, and a
-        // supervisor killed now leaves no guest memory behind in tmpfs.
+        // Once QEMU has it open, nothing else needs the name, and a
+        // supervisor killed later leaves no guest memory behind in tmpfs.
+        // Not before: QEMU opens its memory after it made the control
+        // socket, and a name removed too early is made again by QEMU (0644)
+        // and left in tmpfs for good when it exits.
+        wait_until_open(qemu.0.id(), &ram, Duration::from_secs(20));
         let _ = fs::remove_file(&ram);
     }
     // The socket file appears when QEMU binds it, a moment before it listens.

@@ -1684,9 +1684,27 @@ fn new_sessions_start_from_the_images_template() {
         .unwrap();
     let images: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(images[0]["templates"], 2, "{images}");
+    let ids: Vec<String> = [&first, &second, &third, &fourth]
+        .iter()
+        .map(|d| common::session_id(d).replace('-', ""))
+        .collect();
     for d in [&first, &second, &third, &fourth] {
         w.vm(d).args(["stop", "--shutdown"]).assert().success();
     }
+    // No guest memory is left in tmpfs (a boot's RAM file is unlinked once
+    // QEMU has it open; a template box's too).
+    let shm = PathBuf::from(format!(
+        "/dev/shm/vibebox-{}",
+        rustix::process::getuid().as_raw()
+    ));
+    let left: Vec<String> = fs::read_dir(&shm)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('t') || ids.iter().any(|id| n.contains(id.as_str())))
+        .collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", shm.display());
 }
 
 #[test]
