@@ -749,18 +749,11 @@ fn private_dir_in(base: &Path, uid: u32) -> Option<std::path::PathBuf> {
 /// Copies the guest RAM QEMU `pid` maps (an unlinked tmpfs file, found among
 /// its open files) to `to`, sparse.
 fn copy_guest_ram(pid: u32, to: &Path) -> Result<(), crate::VmError> {
-    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
-        .map_err(|e| crate::VmError::Setup(format!("cannot read QEMU's files: {e}")))?;
-    let source = fds
-        .flatten()
-        .find(|e| {
-            fs::read_link(e.path()).is_ok_and(|l| {
-                let l = l.to_string_lossy();
-                l.starts_with("/dev/shm/vibebox-") && l.contains(".ram")
-            })
-        })
-        .map(|e| e.path())
-        .ok_or_else(|| crate::VmError::Setup("QEMU's memory file is not open".into()))?;
+    let source = open_file_of(pid, |l| {
+        let l = l.to_string_lossy();
+        l.starts_with("/dev/shm/vibebox-") && l.contains(".ram")
+    })
+    .ok_or_else(|| crate::VmError::Setup("QEMU's memory file is not open".into()))?;
     let _ = fs::remove_file(to);
     crate::snapshot::copy_sparse(&source, to)?;
     use std::os::unix::fs::PermissionsExt;
@@ -800,17 +793,23 @@ fn wait_loaded(qmp: &mut Qmp) -> Result<String, crate::VmError> {
     }
 }
 
+/// A file process `pid` has open whose path satisfies `which`, as its
+/// `/proc/<pid>/fd/<n>` link.
+fn open_file_of(pid: u32, which: impl Fn(&Path) -> bool) -> Option<std::path::PathBuf> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find(|e| fs::read_link(e.path()).is_ok_and(|l| which(&l)))
+        .map(|e| e.path())
+}
+
 /// Waits (at most `timeout`) until process `pid` has `path` open.
 fn wait_until_open(pid: u32, path: &Path, timeout: Duration) {
     let start = Instant::now();
     while start.elapsed() < timeout {
-        let open = fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|fds| {
-                fds.flatten()
-                    .any(|e| fs::read_link(e.path()).is_ok_and(|l| l == path))
-            })
-            .unwrap_or(false);
-        if open || !Path::new(&format!("/proc/{pid}")).exists() {
+        if open_file_of(pid, |l| l == path).is_some()
+            || !Path::new(&format!("/proc/{pid}")).exists()
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -159,7 +159,7 @@ impl Template {
         fs::set_permissions(saved.ram(), fs::Permissions::from_mode(0o600))
             .map_err(|e| setup("memory", e))?;
         let _ = fs::remove_file(saved.dev_state());
-        fs::copy(from.dev_state(), saved.dev_state()).map_err(|e| setup("devices", e))?;
+        crate::snapshot::copy_sparse(&from.dev_state(), &saved.dev_state())?;
         let record = Record {
             fingerprint: fingerprint.clone(),
             dev_state_sha256: self.record.dev_state_sha256.clone(),
