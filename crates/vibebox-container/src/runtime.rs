@@ -319,7 +319,9 @@ impl Runtime for ContainerRuntime {
             .write_all(msg.as_bytes())
             .map_err(|e| fail(format!("the box's control channel failed: {e}")))?;
         let start = Instant::now();
-        let ready = guest::await_ready(&machine.control, &project.ssh_dir(), READY_TIMEOUT, || {
+        let mut lines = guest::ControlLines::new(&machine.control)
+            .map_err(|e| fail(format!("the box's control channel failed: {e}")))?;
+        let ready = guest::await_ready(&mut lines, &project.ssh_dir(), READY_TIMEOUT, || {
             machine.child.0.try_wait().ok().flatten()
         });
         match ready {

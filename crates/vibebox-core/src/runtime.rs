@@ -78,6 +78,12 @@ pub trait Machine: Send {
     /// Shuts the machine down cleanly (and forcibly after a while), and
     /// everything it started. A suspended state, if any, is discarded.
     fn shutdown(self: Box<Self>, events: &mut dyn StartEvents);
+    /// Waits until the guest has done what it does after reporting ready
+    /// (mounting its shares, or moving them after a resume): no client may
+    /// run a command before. Done once; later calls return at once.
+    fn settle(&mut self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     /// The project directory moved to `dir` while the machine runs: what the
     /// machine writes later (a suspended state) goes there.
     fn moved(&mut self, _dir: &std::path::Path) {}

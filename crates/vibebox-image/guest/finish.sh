@@ -15,17 +15,13 @@ mkdir -p "$OUT"
 phase() { echo "vibebox-phase: $*"; }
 
 phase "configuring the guest (user vibecoder, sshd, init)"
-chroot "$ROOT" useradd --create-home --shell /bin/bash --uid 1000 --groups sudo vibecoder
+chroot "$ROOT" useradd --create-home --shell /bin/bash --uid 1000 --groups sudo --password '*' vibecoder
 echo 'vibecoder ALL=(ALL) NOPASSWD:ALL' >"$ROOT/etc/sudoers.d/vibecoder"
 chmod 440 "$ROOT/etc/sudoers.d/vibecoder"
 echo vibebox >"$ROOT/etc/hostname"
 cat >"$ROOT/etc/fstab" <<'FSTAB'
-# Mounted by /sbin/vibebox-init with one `mount -a` (the root disk is already mounted).
-sysfs  /sys      sysfs   nosuid,nodev,noexec                          0 0
-devpts /dev/pts  devpts  gid=5,mode=620,ptmxmode=666,X-mount.mkdir    0 0
-tmpfs  /dev/shm  tmpfs   mode=1777,nosuid,nodev,X-mount.mkdir         0 0
-tmpfs  /run      tmpfs   mode=755,nosuid,nodev                        0 0
-tmpfs  /tmp      tmpfs   mode=1777,nosuid,nodev                       0 0
+# The initrd (vibebox's initrd-init) mounts the root disk, /proc, /sys, /dev,
+# /dev/pts, /dev/shm, /run and /tmp; vibebox-init mounts the shares.
 FSTAB
 printf '127.0.0.1 localhost\n127.0.1.1 vibebox\n::1 localhost\n' >"$ROOT/etc/hosts"
 install -m 755 "$GUEST/vibebox-init" "$ROOT/sbin/vibebox-init"

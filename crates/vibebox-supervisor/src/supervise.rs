@@ -283,7 +283,8 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             server: &state,
             log: &mut log,
         };
-        let machine = runtime.start(&request, &mut events)?;
+        let mut machine = runtime.start(&request, &mut events)?;
+        // The guest mounts its shares while the connection opens.
         events.progress("opening the shared SSH connection");
         let master = match start_ssh_master(&project, &run_dir, ssh_port) {
             Ok(m) => m,
@@ -293,6 +294,10 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             }
         };
         events.log("the shared SSH connection is open");
+        if let Err(e) = machine.settle() {
+            machine.shutdown(&mut events);
+            return Err(e.into());
+        }
         let guest_dir = vibebox_core::mounts::project_guest_path(project.dir());
         let ask = config.network.mode == vibebox_core::policy::NetworkMode::Ask;
         state.update(|s| {

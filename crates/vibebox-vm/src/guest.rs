@@ -108,8 +108,10 @@ impl<T> NotReady<T> {
 }
 
 /// Complete control lines from the guest, each bounded by
-/// [`CONTROL_LINE_MAX`].
-struct ControlLines {
+/// [`CONTROL_LINE_MAX`]. One per machine, kept for its life: the guest may
+/// send several lines at once, and a reader dropped after the first would
+/// lose the others with its buffer.
+pub struct ControlLines {
     reader: BufReader<UnixStream>,
     line: String,
 }
@@ -127,13 +129,17 @@ enum Got {
 }
 
 impl ControlLines {
-    /// Reads `control` (a clone) with reads that time out after `poll`.
-    fn new(control: &UnixStream, poll: Duration) -> std::io::Result<ControlLines> {
-        control.set_read_timeout(Some(poll))?;
+    /// Reads `control` (through a clone of it).
+    pub fn new(control: &UnixStream) -> std::io::Result<ControlLines> {
         Ok(ControlLines {
             reader: BufReader::new(control.try_clone()?),
             line: String::new(),
         })
+    }
+
+    /// Reads from now on time out after `poll` (`None`: never).
+    fn poll_every(&self, poll: Option<Duration>) -> std::io::Result<()> {
+        self.reader.get_ref().set_read_timeout(poll)
     }
 
     fn next(&mut self) -> Got {
@@ -158,14 +164,16 @@ impl ControlLines {
 /// Waits for `ready <host key>` on `control` and pins the key in `ssh_dir`.
 /// `ended` is asked between reads whether the machine has ended.
 pub fn await_ready<T>(
-    control: &UnixStream,
+    lines: &mut ControlLines,
     ssh_dir: &Path,
     timeout: Duration,
     mut ended: impl FnMut() -> Option<T>,
 ) -> Result<(), NotReady<T>> {
     let io =
         |e: std::io::Error| NotReady::Failed(format!("the guest's control channel failed: {e}"));
-    let mut lines = ControlLines::new(control, Duration::from_millis(500)).map_err(io)?;
+    lines
+        .poll_every(Some(Duration::from_millis(500)))
+        .map_err(io)?;
     let start = Instant::now();
     loop {
         if let Some(how) = ended() {
@@ -188,15 +196,17 @@ pub fn await_ready<T>(
             }
         }
     }
-    control.set_read_timeout(None).map_err(io)?;
+    lines.poll_every(None).map_err(io)?;
     Ok(())
 }
 
 /// Waits (at most `timeout`) for the line `word` on `control`; other lines
 /// are skipped, each bounded like every control line.
-pub fn await_word(control: &UnixStream, word: &str, timeout: Duration) -> Result<(), String> {
+pub fn await_word(lines: &mut ControlLines, word: &str, timeout: Duration) -> Result<(), String> {
     let io = |e: std::io::Error| format!("the guest's control channel failed: {e}");
-    let mut lines = ControlLines::new(control, Duration::from_millis(200)).map_err(io)?;
+    lines
+        .poll_every(Some(Duration::from_millis(200)))
+        .map_err(io)?;
     let start = Instant::now();
     let found = loop {
         if start.elapsed() > timeout {
@@ -211,7 +221,7 @@ pub fn await_word(control: &UnixStream, word: &str, timeout: Duration) -> Result
             Got::Line(_) | Got::Nothing | Got::TooLong => {}
         }
     };
-    control.set_read_timeout(None).map_err(io)?;
+    lines.poll_every(None).map_err(io)?;
     found
 }
 
@@ -240,15 +250,56 @@ mod tests {
         let (a, mut b) = UnixStream::pair().unwrap();
         // The guest floods an over-long line and other words first.
         b.write_all(&vec![b'x'; CONTROL_LINE_MAX * 3]).unwrap();
-        b.write_all(b"\nkeyed-not\nready x\nkeyed\n").unwrap();
-        assert_eq!(await_word(&a, "keyed", Duration::from_secs(10)), Ok(()));
+        b.write_all(b"\nkeyed-not\nready x\nkeyed\nidentified\nsettled\n")
+            .unwrap();
+        let mut lines = ControlLines::new(&a).unwrap();
+        assert_eq!(
+            await_word(&mut lines, "keyed", Duration::from_secs(10)),
+            Ok(())
+        );
+        // Words sent together are each found in turn (none lost with a buffer).
+        assert_eq!(
+            await_word(&mut lines, "identified", Duration::from_secs(10)),
+            Ok(())
+        );
+        assert_eq!(
+            await_word(&mut lines, "settled", Duration::from_secs(10)),
+            Ok(())
+        );
         // Silent: a timeout, not a hang.
-        let r = await_word(&a, "keyed", Duration::from_millis(300));
+        let r = await_word(&mut lines, "keyed", Duration::from_millis(300));
         assert!(r.unwrap_err().contains("did not answer"));
         // Gone: said at once.
         drop(b);
-        let r = await_word(&a, "keyed", Duration::from_secs(10));
+        let r = await_word(&mut lines, "keyed", Duration::from_secs(10));
         assert!(r.unwrap_err().contains("closed"));
+    }
+
+    /// Waits for `ready` from a machine that never ends.
+    fn ready_on(lines: &mut ControlLines, ssh_dir: &Path) -> Result<(), NotReady<()>> {
+        await_ready(lines, ssh_dir, Duration::from_secs(10), || None)
+    }
+
+    #[test]
+    fn settled_sent_with_ready_is_not_lost() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let (_, blob) = crate::ssh::parse_host_key(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMcR0mY7tC1qfQmRrXkMxyuSUzZR4RW2ZIa8r0h5xS2b",
+        )
+        .unwrap();
+        // One write: a reader that buffered past "ready" and was dropped
+        // would lose "settled", and the start would wait for it in vain.
+        b.write_all(format!("ready ssh-ed25519 {blob}\nsettled\n").as_bytes())
+            .unwrap();
+        let mut lines = ControlLines::new(&a).unwrap();
+        let r = ready_on(&mut lines, dir.path());
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(
+            await_word(&mut lines, "settled", Duration::from_secs(10)),
+            Ok(())
+        );
     }
 
     #[test]
@@ -260,11 +311,15 @@ mod tests {
             let _ = b.write_all(&vec![b'x'; CONTROL_LINE_MAX * 4]);
             b
         });
-        let r = await_ready(&a, dir.path(), Duration::from_secs(10), || None::<()>);
+        let mut lines = ControlLines::new(&a).unwrap();
+        let r = ready_on(&mut lines, dir.path());
         assert!(matches!(r, Err(NotReady::TooLong)), "{r:?}");
         drop(writer.join());
         let (a, _b) = UnixStream::pair().unwrap();
-        let r = await_ready(&a, dir.path(), Duration::from_secs(10), || Some("gone"));
+        let mut lines = ControlLines::new(&a).unwrap();
+        let r = await_ready(&mut lines, dir.path(), Duration::from_secs(10), || {
+            Some("gone")
+        });
         assert!(matches!(r, Err(NotReady::Ended("gone"))), "{r:?}");
     }
 }

@@ -16,6 +16,20 @@ pub enum Accel {
 /// MAC of the guest's only NIC, attached to vibebox's network engine.
 pub const GUEST_NIC_MAC: &str = "52:54:00:76:62:0f";
 
+/// Changes with the machine's devices (what a saved state's migration
+/// stream describes): a state saved for another set is never loaded.
+/// 2: the NIC has no option ROM.
+pub const DEVICES_VERSION: u32 = 2;
+
+/// The guest files and the devices of a machine, for the records of saved
+/// states and templates.
+pub fn machine_version() -> String {
+    format!(
+        "{}/devices-{DEVICES_VERSION}",
+        vibebox_image::guest_version()
+    )
+}
+
 /// One virtiofs share: a vhost-user socket served by virtiofsd, and its tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
@@ -167,8 +181,10 @@ impl Machine {
                 "stream,id=net0,server=off,addr.type=unix,addr.path={}",
                 path(&self.net_socket)
             ),
+            // No option ROM: the guest never boots from the network, and
+            // the firmware running iPXE's costs every boot (under TCG).
             "-device",
-            &format!("virtio-net-pci,netdev=net0,mac={GUEST_NIC_MAC}"),
+            &format!("virtio-net-pci,netdev=net0,mac={GUEST_NIC_MAC},romfile="),
         ]);
         push(&[
             "-chardev",

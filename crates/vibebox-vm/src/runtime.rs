@@ -32,6 +32,10 @@ use serde_json::json;
 
 /// How long the guest may take from QEMU start to "ready" (TCG is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the guest may take to answer `key` or `identity` (builtins only).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the guest may take to mount (or move) its shares once ready.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub use crate::guest::CONTROL_LINE_MAX;
 /// The guest console log is rotated at this size (one older file is kept as
 /// `console.log.1`): a guest printing forever cannot fill the host's disk.
@@ -436,6 +440,10 @@ pub struct VmMachine {
     ram_in_memory: bool,
     /// The instance disk (where it is now: the project may move).
     disk: std::path::PathBuf,
+    /// What the guest says on its control channel.
+    lines: crate::guest::ControlLines,
+    /// The guest has not yet said `settled` (its shares are not all there).
+    unsettled: bool,
 }
 
 /// What a saved state was made for: a resume needs the same machine.
@@ -453,7 +461,7 @@ impl Fingerprint {
     pub(crate) fn of(req: &StartRequest<'_>, accel: Accel, base_sha: &str) -> Fingerprint {
         Fingerprint {
             base_sha: base_sha.to_string(),
-            guest_version: vibebox_image::guest_version(),
+            guest_version: crate::qemu::machine_version(),
             accel: format!("{accel:?}"),
             cpus: req.config.cpu_count,
             ram_mb: req.config.ram_mb,
@@ -469,8 +477,10 @@ impl Fingerprint {
     /// What differs from `now`, for a person.
     fn difference(&self, now: &Fingerprint) -> String {
         let mut d = Vec::new();
-        if self.base_sha != now.base_sha || self.guest_version != now.guest_version {
+        if self.base_sha != now.base_sha {
             d.push("the base image changed");
+        } else if self.guest_version != now.guest_version {
+            d.push("vibebox's guest or its devices changed");
         }
         if self.accel != now.accel {
             d.push("the accelerator changed");
@@ -864,6 +874,15 @@ impl RunningMachine for VmMachine {
         self.saved.discard();
     }
 
+    fn settle(&mut self) -> Result<(), RuntimeError> {
+        if self.unsettled {
+            crate::guest::await_word(&mut self.lines, "settled", SETTLE_TIMEOUT)
+                .map_err(|e| fail(format!("the guest did not finish mounting its shares: {e}")))?;
+            self.unsettled = false;
+        }
+        Ok(())
+    }
+
     fn moved(&mut self, dir: &Path) {
         self.saved.dir = Project::at(dir).state_dir().join("state");
         self.disk = Project::at(dir).disk_path();
@@ -988,14 +1007,13 @@ impl RunningMachine for VmMachine {
 }
 
 /// A guest resumed from its image's template takes the session's identity:
-/// a new SSH host key (made on the host, pinned in `ssh_dir` once the guest
-/// has it), a new machine-id, the session's explain text.
-fn give_identity(
-    control: &mut UnixStream,
+/// a new SSH host key (made on the host; pinned once the guest says
+/// `identified`), a new machine-id, the session's explain text. Returns the
+/// control line and the key (its type and blob) to pin.
+fn identity_line(
     req: &StartRequest<'_>,
-    ssh_dir: &Path,
     run_dir: &Path,
-) -> Result<(), RuntimeError> {
+) -> Result<(String, String, String), RuntimeError> {
     let (private, public) = ssh::new_host_key(run_dir).map_err(vm)?;
     let (kind, blob) = public
         .rsplit_once(' ')
@@ -1012,11 +1030,7 @@ fn give_identity(
         crate::guest::escaped(explain.as_bytes()),
         crate::guest::escaped(&private),
     );
-    control
-        .write_all(line.as_bytes())
-        .map_err(|e| fail(format!("the guest's control port failed: {e}")))?;
-    crate::guest::await_word(control, "identified", Duration::from_secs(30)).map_err(fail)?;
-    ssh::pin_host_key(ssh_dir, &kind, &blob).map_err(vm)
+    Ok((line, kind, blob))
 }
 
 /// Starts virtiofsd for each share and QEMU, hands the guest its
@@ -1183,6 +1197,7 @@ fn start_machine(
         }
     };
     let io = |e: std::io::Error| fail(format!("the guest's control port failed: {e}"));
+    let mut lines = crate::guest::ControlLines::new(&control).map_err(io)?;
     if resume {
         // The guest's memory is the RAM file; load its devices and go on.
         let mut qmp = Qmp::connect(&machine.qmp_socket, Duration::from_secs(20)).map_err(vm)?;
@@ -1197,7 +1212,31 @@ fn start_machine(
         if status == "paused" {
             qmp.execute("cont", json!({})).map_err(vm)?;
         }
-        // The guest's clock stood still while it was saved.
+        // First what the first SSH connection needs (the guest answers at
+        // once: no program to start): the session's client key, and a box
+        // from its image's template takes its own identity.
+        let mut key = pubkey.split_whitespace();
+        control
+            .write_all(
+                format!(
+                    "key {} {}\n",
+                    key.next().unwrap_or_default(),
+                    key.next().unwrap_or_default()
+                )
+                .as_bytes(),
+            )
+            .map_err(io)?;
+        let identity = if saved.new_identity() {
+            let (line, kind, blob) = identity_line(req, run_dir)?;
+            control.write_all(line.as_bytes()).map_err(io)?;
+            Some((kind, blob))
+        } else {
+            None
+        };
+        // Then, while the host opens that connection: the guest's clock
+        // (it stood still while the box was saved) and, for a fork or a
+        // template, its mounts move to the session's guest paths. The guest
+        // says "settled" when all is done (no client runs a command before).
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -1205,9 +1244,6 @@ fn start_machine(
         control
             .write_all(format!("time {now}\n").as_bytes())
             .map_err(io)?;
-        // A fork or a template: mounts move to the session's guest paths.
-        // Then the session's client key goes in, confirmed before the first
-        // SSH connection.
         for (from, to) in saved.moves() {
             control
                 .write_all(
@@ -1221,20 +1257,11 @@ fn start_machine(
                 .map_err(io)?;
             events.log(&format!("moving the mount {from} to {to}"));
         }
-        let mut key = pubkey.split_whitespace();
-        control
-            .write_all(
-                format!(
-                    "key {} {}\n",
-                    key.next().unwrap_or_default(),
-                    key.next().unwrap_or_default()
-                )
-                .as_bytes(),
-            )
-            .map_err(io)?;
-        crate::guest::await_word(&control, "keyed", Duration::from_secs(30)).map_err(fail)?;
-        if saved.new_identity() {
-            give_identity(&mut control, req, &project.ssh_dir(), run_dir)?;
+        control.write_all(b"settle\n").map_err(io)?;
+        crate::guest::await_word(&mut lines, "keyed", ANSWER_TIMEOUT).map_err(fail)?;
+        if let Some((kind, blob)) = identity {
+            crate::guest::await_word(&mut lines, "identified", ANSWER_TIMEOUT).map_err(fail)?;
+            ssh::pin_host_key(&project.ssh_dir(), &kind, &blob).map_err(vm)?;
             events.log("the box took its own identity (SSH host key, machine-id)");
             events.log("resumed the image's template");
         } else {
@@ -1249,6 +1276,8 @@ fn start_machine(
             fingerprint: fingerprint.clone(),
             ram_in_memory,
             disk: machine.overlay.clone(),
+            lines,
+            unsettled: true,
         });
     }
     let msg = crate::guest::config_message(pubkey, req.network, &guest_mounts, &req.plan.explain);
@@ -1262,15 +1291,15 @@ fn start_machine(
         fingerprint: fingerprint.clone(),
         ram_in_memory,
         disk: machine.overlay.clone(),
+        lines,
+        unsettled: true,
     };
-    // Wait for "ready <host key>".
+    // Wait for "ready <host key>" ("settled" follows once the shares are mounted).
     let start = Instant::now();
-    let ready = crate::guest::await_ready(
-        &running.control.try_clone().map_err(io)?,
-        &project.ssh_dir(),
-        BOOT_TIMEOUT,
-        || running.qemu.0.try_wait().ok().flatten(),
-    );
+    let ready =
+        crate::guest::await_ready(&mut running.lines, &project.ssh_dir(), BOOT_TIMEOUT, || {
+            running.qemu.0.try_wait().ok().flatten()
+        });
     match ready {
         Ok(()) => {}
         Err(NotReady::Ended(status)) => {

@@ -56,7 +56,7 @@ impl Shape {
     pub fn of(req: &StartRequest<'_>, accel: Accel, base_sha: &str) -> Shape {
         Shape {
             base_sha: base_sha.to_string(),
-            guest_version: vibebox_image::guest_version(),
+            guest_version: crate::qemu::machine_version(),
             accel: format!("{accel:?}"),
             cpus: req.config.cpu_count,
             ram_mb: req.config.ram_mb,
@@ -316,7 +316,7 @@ fn make(
         let pubkey = crate::ssh::ensure_keypair(&project.ssh_dir()).map_err(|e| e.to_string())?;
         let fingerprint = Fingerprint::of(&request, accel, base_sha);
         let started = Instant::now();
-        let machine = crate::runtime::boot_with_retries(
+        let mut machine = crate::runtime::boot_with_retries(
             &request,
             &project,
             accel,
@@ -326,6 +326,11 @@ fn make(
             events,
         )
         .map_err(|e| format!("its box did not boot: {e}"))?;
+        // Saved only once its shares are mounted.
+        if let Err(e) = machine.settle() {
+            Box::new(machine).shutdown(events);
+            return Err(format!("its box did not boot: {e}"));
+        }
         let boot_seconds = started.elapsed().as_secs_f64();
         Box::new(machine)
             .suspend(events)
