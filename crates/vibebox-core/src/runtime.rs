@@ -84,6 +84,10 @@ pub trait Machine: Send {
     fn settle(&mut self) -> Result<(), RuntimeError> {
         Ok(())
     }
+    /// The project directory was deleted while the machine runs: nothing at
+    /// its old path may be touched any more (another project may be there
+    /// now), even when the machine stops.
+    fn project_deleted(&mut self) {}
     /// The project directory moved to `dir` while the machine runs: what the
     /// machine writes later (a suspended state) goes there.
     fn moved(&mut self, _dir: &std::path::Path) {}

@@ -138,6 +138,24 @@ fn start_engine(
     Ok(())
 }
 
+/// The control socket this supervisor made, known by its inode: a path
+/// alone may name another session's socket by the time it is removed.
+struct SocketFile(Option<(u64, u64)>);
+
+impl SocketFile {
+    fn at(path: &Path) -> SocketFile {
+        use std::os::unix::fs::MetadataExt;
+        SocketFile(fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino())))
+    }
+
+    /// Removes `path` if it is still this socket.
+    fn remove(&self, path: &Path) {
+        if self.0.is_some() && SocketFile::at(path).0 == self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
 /// How long the shared SSH connection may take to open (key exchange runs
 /// emulated under TCG).
 const SSH_MASTER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -226,6 +244,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     let _ = fs::remove_file(&socket);
     let listener =
         UnixListener::bind(&socket).because(|| format!("cannot listen on {}", socket.display()))?;
+    let ours = SocketFile::at(&socket);
     let grace = Duration::from_millis(config.auto_shutdown_ms);
     let state = Server::new(std::process::id(), grace);
     state.listen(listener);
@@ -318,7 +337,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             });
             // Give attached clients a moment to read why.
             std::thread::sleep(Duration::from_secs(2));
-            let _ = fs::remove_file(&socket);
+            ours.remove(&socket);
             let _ = fs::remove_dir_all(&run_dir);
             return Err(e);
         }
@@ -377,6 +396,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         if whereabouts.gone.load(std::sync::atomic::Ordering::Relaxed) {
             // Nothing to keep it for, and nowhere to save it.
             log("the project directory was deleted: powering the box off");
+            machine.project_deleted();
             break Some(false);
         }
         for job in state.take_copies() {
@@ -461,11 +481,40 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         machine.shutdown(&mut events);
     }
     let _ = fs::remove_dir_all(&run_dir);
-    let _ = fs::remove_file(&socket);
-    // The project may have moved since (the socket file moved with it).
+    // The project may have moved since (the socket file moved with it), or
+    // been deleted, and another project made at its path since: only our
+    // own socket file goes.
+    ours.remove(&socket);
     let now_at = Project::at(&here.lock().unwrap_or_else(|e| e.into_inner()));
-    let _ = fs::remove_file(now_at.socket_path());
+    ours.remove(&now_at.socket_path());
     log("stopped");
     drop(lock);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_supervisors_socket_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("supervisor.sock");
+        // Bound sockets keep their inodes: the number is not reused while
+        // this listener lives (as in a supervisor).
+        let _ours_listening = UnixListener::bind(&path).unwrap();
+        let ours = SocketFile::at(&path);
+        // The project was deleted and made again: another supervisor's
+        // socket is at the same path now.
+        fs::remove_file(&path).unwrap();
+        let _theirs_listening = UnixListener::bind(&path).unwrap();
+        ours.remove(&path);
+        assert!(path.exists(), "another session's socket was removed");
+        SocketFile::at(&path).remove(&path);
+        assert!(!path.exists(), "its own socket stays");
+        // A socket never made removes nothing.
+        fs::write(&path, "").unwrap();
+        SocketFile::at(&dir.path().join("none")).remove(&path);
+        assert!(path.exists());
+    }
 }

@@ -444,6 +444,8 @@ pub struct VmMachine {
     lines: crate::guest::ControlLines,
     /// The guest has not yet said `settled` (its shares are not all there).
     unsettled: bool,
+    /// The project directory was deleted: its old path is not ours.
+    project_gone: bool,
 }
 
 /// What a saved state was made for: a resume needs the same machine.
@@ -707,6 +709,12 @@ impl SavedState {
         let _ = fs::remove_file(&self.record);
     }
 
+    /// Forgets the host's record of the saved state, and touches nothing in
+    /// the project (deleted: its path may hold another project now).
+    fn forget(&self) {
+        let _ = fs::remove_file(&self.record);
+    }
+
     /// Forgets the saved state, RAM included.
     pub(crate) fn discard(&self) {
         self.consumed();
@@ -870,8 +878,17 @@ impl RunningMachine for VmMachine {
         }
         // Dropping kills and reaps the helpers, then QEMU (if still there).
         drop(std::mem::take(&mut self.helpers));
-        // A powered-off box has nothing to resume.
-        self.saved.discard();
+        // A powered-off box has nothing to resume. The files in a deleted
+        // project went with it; the same path may hold another one now.
+        if self.project_gone {
+            self.saved.forget();
+        } else {
+            self.saved.discard();
+        }
+    }
+
+    fn project_deleted(&mut self) {
+        self.project_gone = true;
     }
 
     fn settle(&mut self) -> Result<(), RuntimeError> {
@@ -1278,6 +1295,7 @@ fn start_machine(
             disk: machine.overlay.clone(),
             lines,
             unsettled: true,
+            project_gone: false,
         });
     }
     let msg = crate::guest::config_message(pubkey, req.network, &guest_mounts, &req.plan.explain);
@@ -1293,6 +1311,7 @@ fn start_machine(
         disk: machine.overlay.clone(),
         lines,
         unsettled: true,
+        project_gone: false,
     };
     // Wait for "ready <host key>" ("settled" follows once the shares are mounted).
     let start = Instant::now();

@@ -501,11 +501,40 @@ fn a_deleted_project_takes_its_box_with_it(rt: Rt) {
     let id = common::session_id(&dir).replace('-', "");
     assert!(!processes_mentioning(&id).is_empty(), "the box runs");
     fs::remove_dir_all(&dir).unwrap();
+    // A new project at the same path at once, with its own session: the
+    // old supervisor, stopping, must not touch what is there now.
+    fs::create_dir_all(&dir).unwrap();
+    write_config(&dir, "", 60_000);
+    w.vm(&dir)
+        .args(["run", "-d", "--name", "again", "--", "sleep", "100000"])
+        .assert()
+        .success();
+    let new_id = common::session_id(&dir).replace('-', "");
+    assert_ne!(new_id, id);
     assert!(
         eventually(Duration::from_secs(60), || processes_mentioning(&id)
             .is_empty()),
         "left behind: {:?}",
         processes_mentioning(&id)
+    );
+    assert!(
+        dir.join(".vibebox/supervisor.sock").exists(),
+        "the old supervisor removed the new session's socket"
+    );
+    let out = w.vm(&dir).args(["exec", "--", "true"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("starting session"),
+        "the new session was started again: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !processes_mentioning(&new_id).is_empty(),
+        "the new box runs"
     );
 }
 
