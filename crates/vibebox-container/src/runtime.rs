@@ -376,7 +376,17 @@ fn wait_for_stage(
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::Interrupted =>
             {
-                std::thread::sleep(Duration::from_millis(10));
+                // Woken by the stage's next message (or after a while, to
+                // look at the child again).
+                let mut fds = [rustix::event::PollFd::new(
+                    sock,
+                    rustix::event::PollFlags::IN,
+                )];
+                let wait = rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 50_000_000,
+                };
+                let _ = rustix::event::poll(&mut fds, Some(&wait));
                 continue;
             }
             Err(e) => return Err(format!("the container's stage channel failed: {e}")),
