@@ -853,6 +853,17 @@ fn uuid_v4() -> String {
     )
 }
 
+impl VmMachine {
+    /// Has the guest write everything it holds for its disk (`sync`).
+    pub(crate) fn sync_disk(&mut self) -> Result<(), RuntimeError> {
+        self.control
+            .write_all(b"sync\n")
+            .map_err(|e| fail(format!("the guest's control port failed: {e}")))?;
+        crate::guest::await_word(&mut self.lines, "synced", SETTLE_TIMEOUT)
+            .map_err(|e| fail(format!("the guest did not write its disk: {e}")))
+    }
+}
+
 impl RunningMachine for VmMachine {
     fn exited(&mut self) -> Option<String> {
         match self.qemu.0.try_wait() {

@@ -326,8 +326,10 @@ fn make(
             events,
         )
         .map_err(|e| format!("its box did not boot: {e}"))?;
-        // Saved only once its shares are mounted.
-        if let Err(e) = machine.settle() {
+        // Saved only once its shares are mounted, and what it wrote (its
+        // host key) is on its disk, not only in its memory: a session killed
+        // before its own first journal commit boots from that disk.
+        if let Err(e) = machine.settle().and_then(|()| machine.sync_disk()) {
             Box::new(machine).shutdown(events);
             return Err(format!("its box did not boot: {e}"));
         }
