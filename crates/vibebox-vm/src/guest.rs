@@ -187,7 +187,14 @@ pub fn await_ready<T>(
             Got::Closed => std::thread::sleep(Duration::from_millis(50)),
             Got::Nothing => {}
             Got::Line(line) => {
-                if let Some(rest) = line.strip_prefix("ready ") {
+                // A bare "ready" (its key file was empty) is a bad key too,
+                // said at once rather than after the whole timeout.
+                let rest = if line == "ready" {
+                    Some("")
+                } else {
+                    line.strip_prefix("ready ")
+                };
+                if let Some(rest) = rest {
                     let (kind, blob) = ssh::parse_host_key(rest).ok_or(NotReady::BadKey)?;
                     ssh::pin_host_key(ssh_dir, &kind, &blob)
                         .map_err(|e| NotReady::Failed(e.to_string()))?;
@@ -300,6 +307,17 @@ mod tests {
             await_word(&mut lines, "settled", Duration::from_secs(10)),
             Ok(())
         );
+    }
+
+    #[test]
+    fn ready_without_a_key_is_refused_at_once() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(b"ready  \n").unwrap();
+        let mut lines = ControlLines::new(&a).unwrap();
+        let r = ready_on(&mut lines, dir.path());
+        assert!(matches!(r, Err(NotReady::BadKey)), "{r:?}");
     }
 
     #[test]

@@ -438,28 +438,9 @@ fn mounts_cannot_be_escaped_from_guest_root(rt: Rt) {
 
 both_runtimes!(mounts_cannot_be_escaped_from_guest_root);
 
-/// A supervisor killed with SIGKILL leaves no QEMU or virtiofsd behind, and the
-/// next `vibebox` recovers.
-fn killed_supervisor_leaves_nothing_behind(rt: Rt) {
-    let Some((_serial, w)) = begin(rt) else {
-        return;
-    };
-    let dir = w.project("crashy");
-    write_config(&dir, "", 60_000);
-    // The box's root empties its SSH host key (as a box killed while it
-    // wrote one would find it): the next boot makes a new one instead of
-    // hanging on ssh-keygen's question whether to overwrite it.
-    w.vm(&dir)
-        .args([
-            "exec",
-            "--",
-            "sudo",
-            "sh",
-            "-c",
-            ": >/etc/ssh/ssh_host_ed25519_key && sync",
-        ])
-        .assert()
-        .success();
+/// Kills the supervisor of `dir`'s session with SIGKILL and waits until
+/// nothing of its box runs any more.
+fn kill_the_supervisor_of(dir: &Path) {
     let socket = dir.join(".vibebox/supervisor.sock");
     let out = std::os::unix::net::UnixStream::connect(&socket).and_then(|mut s| {
         use std::io::{BufRead, Write};
@@ -470,7 +451,7 @@ fn killed_supervisor_leaves_nothing_behind(rt: Rt) {
     });
     let status: serde_json::Value = serde_json::from_str(&out.unwrap()).unwrap();
     let pid = status["pid"].as_u64().unwrap() as i32;
-    let id = common::session_id(&dir).replace('-', "");
+    let id = common::session_id(dir).replace('-', "");
     assert!(!processes_mentioning(&id).is_empty(), "helpers run");
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid).unwrap(),
@@ -483,17 +464,40 @@ fn killed_supervisor_leaves_nothing_behind(rt: Rt) {
         "left behind: {:?}",
         processes_mentioning(&id)
     );
-    let out = w
-        .vm(&dir)
-        .args(["exec", "--", "echo", "back"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        stdout(&out),
-        "back\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+}
+
+/// A supervisor killed with SIGKILL leaves no QEMU or virtiofsd behind, and the
+/// next `vibebox` recovers.
+fn killed_supervisor_leaves_nothing_behind(rt: Rt) {
+    let Some((_serial, w)) = begin(rt) else {
+        return;
+    };
+    let dir = w.project("crashy");
+    write_config(&dir, "", 60_000);
+    w.vm(&dir).args(["exec", "--", "true"]).assert().success();
+    // Each time, the box's root first empties a file of its SSH host key
+    // pair (as a box killed while it wrote one would find it): the next
+    // boot makes a new pair instead of hanging on ssh-keygen's question
+    // whether to overwrite it, or reporting a key it does not have.
+    for file in ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"] {
+        let emptied = format!(": >/etc/ssh/{file} && sync");
+        w.vm(&dir)
+            .args(["exec", "--", "sudo", "sh", "-c", &emptied])
+            .assert()
+            .success();
+        kill_the_supervisor_of(&dir);
+        let out = w
+            .vm(&dir)
+            .args(["exec", "--", "echo", "back"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&out),
+            "back\n",
+            "after {file} was emptied: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     w.vm(&dir).arg("stop").assert().success();
 }
 
