@@ -141,7 +141,7 @@ impl Runtime for ContainerRuntime {
         let lower = rootfs::ensure_unpacked(&image, &ids, &mut |s| events.progress(s))
             .map_err(|e| fail(e.to_string()))?;
         events.progress("preparing keys and the box's root");
-        let pubkey = ssh::ensure_keypair(&project.ssh_dir()).map_err(|e| fail(e.to_string()))?;
+        let keys = ssh::ensure_keypair(&project.ssh_dir()).map_err(|e| fail(e.to_string()))?;
         let layers = project.state_dir().join("container");
         fs::create_dir_all(&layers)
             .map_err(|e| fail(format!("cannot create {}: {e}", layers.display())))?;
@@ -313,7 +313,7 @@ impl Runtime for ContainerRuntime {
         wait_for_stage(&stage_ours, &mut machine, req, events)
             .map_err(|e| fail(format!("{e}; the container log ends with:\n{}", log_tail())))?;
 
-        let msg = guest::config_message(&pubkey, req.network, &[], &req.plan.explain);
+        let msg = guest::config_message(&keys, req.network, &[], &req.plan.explain);
         machine
             .control
             .write_all(msg.as_bytes())

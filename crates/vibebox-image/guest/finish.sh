@@ -25,6 +25,7 @@ cat >"$ROOT/etc/fstab" <<'FSTAB'
 FSTAB
 printf '127.0.0.1 localhost\n127.0.1.1 vibebox\n::1 localhost\n' >"$ROOT/etc/hosts"
 install -m 755 "$GUEST/vibebox-init" "$ROOT/sbin/vibebox-init"
+install -m 755 "$GUEST/vibebox-agent" "$ROOT/sbin/vibebox-agent"
 install -m 644 "$GUEST/profile.sh" "$ROOT/etc/profile.d/vibebox.sh"
 mkdir -p "$ROOT/etc/ssh/sshd_config.d"
 install -m 644 "$GUEST/sshd.conf" "$ROOT/etc/ssh/sshd_config.d/vibebox.conf"

@@ -16,15 +16,26 @@ const INITRD_INIT: &str = include_str!("../guest/initrd-init");
 const SSHD_CONF: &str = include_str!("../guest/sshd.conf");
 const FINISH: &str = include_str!("../guest/finish.sh");
 const PROFILE: &str = include_str!("../guest/profile.sh");
+/// The exec agent, a static executable (built by build.rs from
+/// crates/vibebox-agent).
+const AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vibebox-agent"));
 
 /// A fingerprint of the guest files this vibebox puts in its images (init,
-/// initrd init, sshd config, profile, build hook, package list). An image
+/// initrd init, sshd config, profile, build hook, exec agent's source,
+/// package list). An image
 /// built by another version of these files is out of date.
 pub fn guest_version() -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for part in [VIBEBOX_INIT, INITRD_INIT, SSHD_CONF, FINISH, PROFILE] {
         h.update(part.as_bytes());
+        h.update([0]);
+    }
+    // The agent's source, not its bytes: the same source builds the same
+    // agent, wherever the checkout is.
+    for (name, text) in vibebox_agent::GUEST_SOURCES {
+        h.update(name.as_bytes());
+        h.update(text.as_bytes());
         h.update([0]);
     }
     h.update(PACKAGES.join(",").as_bytes());
@@ -138,11 +149,12 @@ fn build_in(
     let guest = work.join("guest");
     fs::create_dir_all(&guest).map_err(io_err("cannot create", &guest))?;
     for (name, text, mode) in [
-        ("vibebox-init", VIBEBOX_INIT, 0o755),
-        ("initrd-init", INITRD_INIT, 0o755),
-        ("sshd.conf", SSHD_CONF, 0o644),
-        ("finish.sh", FINISH, 0o755),
-        ("profile.sh", PROFILE, 0o644),
+        ("vibebox-init", VIBEBOX_INIT.as_bytes(), 0o755),
+        ("initrd-init", INITRD_INIT.as_bytes(), 0o755),
+        ("sshd.conf", SSHD_CONF.as_bytes(), 0o644),
+        ("finish.sh", FINISH.as_bytes(), 0o755),
+        ("profile.sh", PROFILE.as_bytes(), 0o644),
+        ("vibebox-agent", AGENT, 0o755),
     ] {
         let p = guest.join(name);
         fs::write(&p, text).map_err(io_err("cannot write", &p))?;

@@ -88,7 +88,7 @@ impl PortWatch {
                 };
                 let loopback: BTreeMap<u16, Scope> = report
                     .iter()
-                    .filter(|(p, s)| **s == Scope::Loopback && **p != 22)
+                    .filter(|(p, s)| **s == Scope::Loopback && !vibebox_own(**p))
                     .map(|(p, s)| (*p, *s))
                     .collect();
                 let added = self.reconcile(&report, &mut current);
@@ -128,7 +128,7 @@ impl PortWatch {
         let wanted: Vec<u16> = report
             .iter()
             .filter(|(p, s)| {
-                **s == Scope::Any && **p != 22 && !self.fixed.iter().any(|(_, g)| g == *p)
+                **s == Scope::Any && !vibebox_own(**p) && !self.fixed.iter().any(|(_, g)| g == *p)
             })
             .map(|(p, _)| *p)
             .collect();
@@ -229,6 +229,12 @@ fn bind_for(guest: u16) -> Option<TcpListener> {
         }
     }
     TcpListener::bind(("127.0.0.1", 0)).ok()
+}
+
+/// The box's ports vibebox itself serves (sshd, the exec agent): never
+/// forwarded as the box's own.
+fn vibebox_own(port: u16) -> bool {
+    port == 22 || port == vibebox_agent::proto::PORT
 }
 
 #[cfg(test)]

@@ -117,9 +117,18 @@ pub struct Status {
     pub state: SessionState,
     /// Attached clients.
     pub clients: u32,
-    /// Host loopback port of the guest's sshd, once running.
+    /// Host loopback port of the guest's sshd, once the session's shared SSH
+    /// connection is open (it opens while the session already runs).
     #[serde(default)]
     pub ssh_port: Option<u16>,
+    /// Why the shared SSH connection did not open (the box runs on: its
+    /// commands do not need it, terminals do).
+    #[serde(default)]
+    pub ssh_error: Option<String>,
+    /// Host loopback port of the guest's exec agent, once running (the
+    /// client's token is in `.vibebox/ssh/agent-token`).
+    #[serde(default)]
+    pub agent_port: Option<u16>,
     /// The supervisor's process id.
     #[serde(default)]
     pub pid: Option<u32>,
@@ -351,6 +360,8 @@ mod tests {
             state: SessionState::Running,
             clients: 2,
             ssh_port: Some(2222),
+            ssh_error: None,
+            agent_port: Some(2223),
             pid: None,
             detail: None,
             ports: vec![Forward {

@@ -72,6 +72,8 @@ impl Server {
                         state: SessionState::Starting,
                         clients: 0,
                         ssh_port: None,
+                        ssh_error: None,
+                        agent_port: None,
                         pid: Some(pid),
                         detail: None,
                         ports: Vec::new(),

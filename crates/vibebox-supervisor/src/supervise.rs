@@ -16,7 +16,7 @@ use vibebox_core::policy::Policy;
 use vibebox_core::project::Project;
 use vibebox_core::runtime::{Machine, NetworkEndpoint, StartEvents, StartRequest};
 use vibebox_net::engine;
-use vibebox_vm::process::{spawn_tied, wait_for, Tied};
+use vibebox_vm::process::{spawn_tied, Tied};
 use vibebox_vm::qemu::GUEST_NIC_MAC;
 use vibebox_vm::ssh;
 
@@ -59,11 +59,13 @@ pub fn open_lock_file(path: &Path) -> Result<fs::File, SupervisorError> {
 /// to `network.frames_socket` (a TAP or packet socket, by `SCM_RIGHTS`),
 /// forwards `ssh` and the exposed ports into the guest, and logs every
 /// decision to `.vibebox/logs/network.log`.
+#[allow(clippy::too_many_arguments)]
 fn start_engine(
     project: &Project,
     config: &Config,
     network: &NetworkEndpoint,
     ssh: std::net::TcpListener,
+    agent: std::net::TcpListener,
     dynamic: engine::DynamicForwards,
     live: engine::LivePolicy,
     asks: vibebox_net::ask::Asks,
@@ -75,8 +77,9 @@ fn start_engine(
     let path = project.logs_dir().join("network.log");
     let log = vibebox_net::log::RotatingLog::open(&path, vibebox_net::log::NETWORK_LOG_MAX)
         .because(|| format!("cannot open {}", path.display()))?;
-    // The host's SSH connections reach the guest's sshd through the engine too.
-    let mut forwards = vec![(ssh, 22)];
+    // The host's SSH connections and commands reach the guest's sshd and
+    // exec agent through the engine too.
+    let mut forwards = vec![(ssh, 22), (agent, vibebox_agent::proto::PORT)];
     for (i, (host_port, guest_port)) in config.network.expose.iter().enumerate() {
         let l = std::net::TcpListener::bind(("127.0.0.1", *host_port)).because(|| {
             format!(
@@ -160,23 +163,82 @@ impl SocketFile {
 /// emulated under TCG).
 const SSH_MASTER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Opens the session's one SSH master connection before the session is
-/// reported running: every client's ssh then multiplexes over it
-/// (`ControlMaster=auto` finds its socket), so many clients at once never
-/// race to open their own first connections (which sshd would drop).
-fn start_ssh_master(project: &Project, run_dir: &Path, port: u16) -> Result<Tied, SupervisorError> {
-    let control = run_dir.join("ssh-master");
-    let _ = fs::remove_file(&control);
-    let mut cmd = Command::new("ssh");
-    // ssh keeps the first value of an option: these come before the shared ones.
-    cmd.args(["-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N"])
-        .args(ssh::options(&project.ssh_dir(), port, &control))
-        .arg("vibecoder@127.0.0.1");
-    let mut children = vec![spawn_tied(&mut cmd, &project.logs_dir().join("ssh.log"))?];
-    wait_for(&control, SSH_MASTER_TIMEOUT, &mut children).because(|| {
-        "the shared SSH connection did not open (see .vibebox/logs/ssh.log)".to_string()
-    })?;
-    Ok(children.remove(0))
+/// The session's one SSH master connection, opened while the session
+/// already runs (its commands go through the exec agent): every client's ssh
+/// multiplexes over it (`ControlMaster=auto` finds its socket), and clients
+/// that need SSH wait until the status names its port, so many clients at
+/// once never race to open their own first connections (which sshd would
+/// drop). Polled from the supervisor's main thread: its ssh is tied to the
+/// thread that starts it (`PR_SET_PDEATHSIG`).
+struct SshMaster {
+    /// The host port forwarded to the guest's sshd.
+    port: u16,
+    control: PathBuf,
+    log: PathBuf,
+    command: Vec<std::ffi::OsString>,
+    child: Option<Tied>,
+    since: std::time::Instant,
+    retry_at: std::time::Instant,
+}
+
+impl SshMaster {
+    fn new(project: &Project, run_dir: &Path, port: u16) -> SshMaster {
+        let control = run_dir.join("ssh-master");
+        let _ = fs::remove_file(&control);
+        // ssh keeps the first value of an option: these come before the shared ones.
+        let mut command: Vec<std::ffi::OsString> =
+            ["-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N"]
+                .iter()
+                .map(Into::into)
+                .collect();
+        command.extend(
+            ssh::options(&project.ssh_dir(), port, &control)
+                .into_iter()
+                .map(Into::into),
+        );
+        command.push("vibecoder@127.0.0.1".into());
+        let now = std::time::Instant::now();
+        SshMaster {
+            port,
+            control,
+            log: project.logs_dir().join("ssh.log"),
+            command,
+            child: None,
+            since: now,
+            retry_at: now,
+        }
+    }
+
+    /// Whether the connection opened (`Some(Ok)`), cannot (`Some(Err)`), or
+    /// is still on its way. A first try that finds sshd not listening yet
+    /// (it starts while the box already runs commands) is tried again.
+    fn poll(&mut self) -> Option<Result<Tied, SupervisorError>> {
+        let now = std::time::Instant::now();
+        if let Some(child) = &mut self.child {
+            if self.control.exists() {
+                return self.child.take().map(Ok);
+            }
+            if let Ok(Some(_)) = child.0.try_wait() {
+                self.child = None;
+                self.retry_at = now + Duration::from_millis(100);
+            }
+        }
+        if now.duration_since(self.since) > SSH_MASTER_TIMEOUT {
+            self.child = None;
+            return Some(Err(SupervisorError::new(
+                "the shared SSH connection did not open (see .vibebox/logs/ssh.log)".to_string(),
+            )));
+        }
+        if self.child.is_none() && now >= self.retry_at {
+            let mut cmd = Command::new("ssh");
+            cmd.args(&self.command);
+            match spawn_tied(&mut cmd, &self.log) {
+                Ok(c) => self.child = Some(c),
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        None
+    }
 }
 
 /// What runs when a session stops and its config says `save_on_idle`:
@@ -257,7 +319,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     let _ = fs::remove_dir_all(&run_dir);
     let dynamic = engine::DynamicForwards::default();
     let live = engine::LivePolicy::default();
-    let started = (|| -> Result<(Box<dyn Machine>, Tied), SupervisorError> {
+    let started = (|| -> Result<(Box<dyn Machine>, SshMaster), SupervisorError> {
         use std::os::unix::fs::DirBuilderExt;
         fs::DirBuilder::new()
             .mode(0o700)
@@ -273,6 +335,9 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         let ssh_listener = std::net::TcpListener::bind("127.0.0.1:0")
             .because(|| "cannot open a local port for SSH".to_string())?;
         let ssh_port = ssh_listener.local_addr()?.port();
+        let agent_listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .because(|| "cannot open a local port for the exec agent".to_string())?;
+        let agent_port = agent_listener.local_addr()?.port();
         let network = NetworkEndpoint {
             socket: run_dir.join("net.sock"),
             frames_socket: run_dir.join("net-frames.sock"),
@@ -286,6 +351,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             &config,
             &network,
             ssh_listener,
+            agent_listener,
             dynamic.clone(),
             live.clone(),
             state.asks(),
@@ -303,16 +369,10 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             log: &mut log,
         };
         let mut machine = runtime.start(&request, &mut events)?;
-        // The guest mounts its shares while the connection opens.
-        events.progress("opening the shared SSH connection");
-        let master = match start_ssh_master(&project, &run_dir, ssh_port) {
-            Ok(m) => m,
-            Err(e) => {
-                machine.shutdown(&mut events);
-                return Err(e);
-            }
-        };
-        events.log("the shared SSH connection is open");
+        // The first try at the shared SSH connection, while the guest mounts
+        // its shares.
+        let mut master = SshMaster::new(&project, &run_dir, ssh_port);
+        let _ = master.poll();
         if let Err(e) = machine.settle() {
             machine.shutdown(&mut events);
             return Err(e.into());
@@ -320,13 +380,13 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         let guest_dir = vibebox_core::mounts::project_guest_path(project.dir());
         let ask = config.network.mode == vibebox_core::policy::NetworkMode::Ask;
         state.update(|s| {
-            s.status.ssh_port = Some(ssh_port);
+            s.status.agent_port = Some(agent_port);
             s.status.guest_dir = Some(guest_dir);
             s.status.ask = ask;
         });
         Ok((machine, master))
     })();
-    let (mut machine, master) = match started {
+    let (mut machine, mut opening) = match started {
         Ok(r) => r,
         Err(e) => {
             let msg = format!("{e:#}");
@@ -343,11 +403,10 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         }
     };
     state.set_state(SessionState::Running);
-    let guest = crate::guest::GuestShell::new(
-        &project.ssh_dir(),
-        state.status().ssh_port.unwrap_or_default(),
-        &run_dir,
-    );
+    let ssh_port = opening.port;
+    // `Some(None)` once the shared SSH connection could not open.
+    let mut master: Option<Option<Tied>> = None;
+    let guest = crate::guest::GuestShell::new(&project.ssh_dir(), ssh_port, &run_dir);
     let mut held_by_terminal = false;
     let stop_watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let whereabouts =
@@ -369,7 +428,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             session,
         },
     ));
-    crate::ports::PortWatch {
+    let port_watch = crate::ports::PortWatch {
         guest: guest.clone(),
         server: state.clone(),
         forwards: dynamic.clone(),
@@ -377,13 +436,39 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         auto: config.network.auto_expose,
         stop: stop_watching.clone(),
         log: std::sync::Arc::new(|m: &str| eprintln!("[{}] {m}", jiff::Timestamp::now())),
-    }
-    .start();
+    };
+    let mut port_watch = Some(port_watch);
     // Suspend (the default) or power off, as asked or as `on_idle` says;
     // `None` once the machine ended by itself.
     let mut seen_at = project.dir().to_path_buf();
     let suspend = loop {
-        std::thread::sleep(Duration::from_millis(100));
+        // Short turns while the shared SSH connection opens.
+        std::thread::sleep(Duration::from_millis(if master.is_none() {
+            20
+        } else {
+            100
+        }));
+        if master.is_none() {
+            match opening.poll() {
+                Some(Ok(m)) => {
+                    log("the shared SSH connection is open");
+                    master = Some(Some(m));
+                    state.update(|s| s.status.ssh_port = Some(ssh_port));
+                    // What the box listens on is learned over SSH.
+                    if let Some(w) = port_watch.take() {
+                        w.start();
+                    }
+                }
+                Some(Err(e)) => {
+                    log(&format!("{e:#}"));
+                    master = Some(None);
+                    let why = e.to_string();
+                    state.update(|s| s.status.ssh_error = Some(why));
+                }
+                None => {}
+            }
+        }
+        let ssh_open = matches!(master, Some(Some(_)));
         let now_at = here.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if now_at != seen_at {
             machine.moved(&now_at);
@@ -399,9 +484,17 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
             machine.project_deleted();
             break Some(false);
         }
-        for job in state.take_copies() {
+        // Copies wait for the SSH connection (or its failure): the guest
+        // syncs its disk over it first.
+        for job in if master.is_some() {
+            state.take_copies()
+        } else {
+            Vec::new()
+        } {
             // What the guest wrote is on its disk before the pause.
-            let _ = guest.run("sync", Duration::from_secs(60));
+            if ssh_open {
+                let _ = guest.run("sync", Duration::from_secs(60));
+            }
             let started = std::time::Instant::now();
             let copied = match &job.memory {
                 Some(dir) => {
@@ -441,7 +534,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
                 });
                 break Some(!shutdown);
             }
-            Some(Stop::Idle) if guest.terminals_running() => {
+            Some(Stop::Idle) if ssh_open && guest.terminals_running() => {
                 // A detached terminal (`vibebox run -d`) keeps the box up.
                 if !held_by_terminal {
                     log("no clients, but a terminal in the box runs: staying up");

@@ -33,22 +33,18 @@ pub fn escaped(bytes: &[u8]) -> String {
     out
 }
 
-/// The configuration the host sends the guest's init: its authorized key,
+/// The configuration the host sends the guest's init: its authorized key
+/// and exec agent token,
 /// its network, the mounts it makes itself (`(tag, mode, guest path)`; none
 /// in a container, where the engine mounts them), the explain text.
 pub fn config_message(
-    pubkey: &str,
+    keys: &crate::ssh::ClientKeys,
     net: &NetworkEndpoint,
     mounts: &[(String, MountMode, String)],
     explain: &str,
 ) -> String {
     let mut msg = String::new();
-    let mut key = pubkey.split_whitespace();
-    msg.push_str(&format!(
-        "key {} {}\n",
-        key.next().unwrap_or_default(),
-        key.next().unwrap_or_default()
-    ));
+    msg.push_str(&keys.key_line());
     msg.push_str(&format!(
         "net {} {}/{} {gw} {gw}\n",
         net.guest_mac,

@@ -141,7 +141,7 @@ impl Runtime for VmRuntime {
         };
         // A new session: no disk yet (a fork or a restored save has one).
         let fresh = !project.disk_path().exists();
-        let (pubkey, base_sha) = prepare_disk_and_keys(req, &project, events)?;
+        let (keys, base_sha) = prepare_disk_and_keys(req, &project, events)?;
         events.log(&format!(
             "accelerator: {accel:?} ({})",
             self.verdict().reason
@@ -156,7 +156,7 @@ impl Runtime for VmRuntime {
                 req,
                 &project,
                 accel,
-                &pubkey,
+                &keys,
                 &saved,
                 &fingerprint,
                 resume,
@@ -231,7 +231,7 @@ impl Runtime for VmRuntime {
             renew_disk(req, &project)?;
         }
         saved.discard();
-        let m = boot_with_retries(req, &project, accel, &pubkey, &saved, &fingerprint, events)?;
+        let m = boot_with_retries(req, &project, accel, &keys, &saved, &fingerprint, events)?;
         Ok(Box::new(m))
     }
 }
@@ -241,23 +241,14 @@ pub(crate) fn boot_with_retries(
     req: &StartRequest<'_>,
     project: &Project,
     accel: Accel,
-    pubkey: &str,
+    keys: &ssh::ClientKeys,
     saved: &SavedState,
     fingerprint: &Fingerprint,
     events: &mut dyn StartEvents,
 ) -> Result<VmMachine, RuntimeError> {
     let mut attempt = 1;
     loop {
-        match start_machine(
-            req,
-            project,
-            accel,
-            pubkey,
-            saved,
-            fingerprint,
-            false,
-            events,
-        ) {
+        match start_machine(req, project, accel, keys, saved, fingerprint, false, events) {
             Ok(m) => return Ok(m),
             Err(Start::EarlyExit(msg)) if attempt < 3 => {
                 // QEMU occasionally resets in the firmware with a
@@ -292,7 +283,7 @@ fn prepare_disk_and_keys(
     req: &StartRequest<'_>,
     project: &Project,
     events: &mut dyn StartEvents,
-) -> Result<(String, String), RuntimeError> {
+) -> Result<(ssh::ClientKeys, String), RuntimeError> {
     let name = &req.config.image;
     let image = name.dir(req.vibebox_home);
     for f in ["disk.img", "vmlinux", "initrd.img", "manifest.toml"] {
@@ -320,7 +311,7 @@ fn prepare_disk_and_keys(
         }
     }
     events.progress("preparing keys and the instance disk");
-    let pubkey = ssh::ensure_keypair(&project.ssh_dir()).map_err(vm)?;
+    let keys = ssh::ensure_keypair(&project.ssh_dir()).map_err(vm)?;
     if disk::ensure_overlay(
         &image.join("disk.img"),
         &project.disk_path(),
@@ -333,7 +324,7 @@ fn prepare_disk_and_keys(
         events.log("created the instance disk");
     }
     disk::check_overlay(&project.disk_path()).map_err(vm)?;
-    Ok((pubkey, base_sha))
+    Ok((keys, base_sha))
 }
 
 /// Why one attempt at starting QEMU failed.
@@ -1068,7 +1059,7 @@ fn start_machine(
     req: &StartRequest<'_>,
     project: &Project,
     accel: Accel,
-    pubkey: &str,
+    keys: &ssh::ClientKeys,
     saved: &SavedState,
     fingerprint: &Fingerprint,
     resume: bool,
@@ -1243,17 +1234,7 @@ fn start_machine(
         // First what the first SSH connection needs (the guest answers at
         // once: no program to start): the session's client key, and a box
         // from its image's template takes its own identity.
-        let mut key = pubkey.split_whitespace();
-        control
-            .write_all(
-                format!(
-                    "key {} {}\n",
-                    key.next().unwrap_or_default(),
-                    key.next().unwrap_or_default()
-                )
-                .as_bytes(),
-            )
-            .map_err(io)?;
+        control.write_all(keys.key_line().as_bytes()).map_err(io)?;
         let identity = if saved.new_identity() {
             let (line, kind, blob) = identity_line(req, run_dir)?;
             control.write_all(line.as_bytes()).map_err(io)?;
@@ -1309,7 +1290,7 @@ fn start_machine(
             project_gone: false,
         });
     }
-    let msg = crate::guest::config_message(pubkey, req.network, &guest_mounts, &req.plan.explain);
+    let msg = crate::guest::config_message(keys, req.network, &guest_mounts, &req.plan.explain);
     control.write_all(msg.as_bytes()).map_err(io)?;
     let mut running = VmMachine {
         qemu,

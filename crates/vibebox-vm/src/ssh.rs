@@ -22,8 +22,71 @@ pub fn known_hosts_path(ssh_dir: &Path) -> PathBuf {
     ssh_dir.join("known_hosts")
 }
 
-/// Creates the project's ed25519 key pair if missing; returns the public key line.
-pub fn ensure_keypair(ssh_dir: &Path) -> Result<String, VmError> {
+/// What the host proves itself to the guest with: the project's SSH client
+/// key (its public line goes to the guest's authorized keys) and the token
+/// the guest's exec agent asks for.
+#[derive(Debug, Clone)]
+pub struct ClientKeys {
+    /// The public key line (`ssh-ed25519 AAAA… vibebox`).
+    pub public: String,
+    /// The exec agent's token (64 hex digits).
+    pub agent_token: String,
+}
+
+impl ClientKeys {
+    /// The `key TYPE BLOB TOKEN` line of the guest's control channel.
+    pub fn key_line(&self) -> String {
+        let mut key = self.public.split_whitespace();
+        format!(
+            "key {} {} {}\n",
+            key.next().unwrap_or_default(),
+            key.next().unwrap_or_default(),
+            self.agent_token
+        )
+    }
+}
+
+/// The exec agent's token file.
+pub fn agent_token_path(ssh_dir: &Path) -> PathBuf {
+    ssh_dir.join("agent-token")
+}
+
+/// The project's exec agent token, if it has a valid one.
+pub fn read_agent_token(ssh_dir: &Path) -> Option<String> {
+    let t = fs::read_to_string(agent_token_path(ssh_dir)).ok()?;
+    let t = t.trim();
+    vibebox_agent::proto::valid_token(t.as_bytes()).then(|| t.to_string())
+}
+
+/// The project's exec agent token, made (32 random bytes, hex, a file only
+/// its owner reads) if missing or damaged.
+fn ensure_agent_token(ssh_dir: &Path) -> Result<String, VmError> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(t) = read_agent_token(ssh_dir) {
+        return Ok(t);
+    }
+    let path = agent_token_path(ssh_dir);
+    let mut bytes = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| VmError::Setup(format!("cannot read /dev/urandom: {e}")))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = ssh_dir.join(format!(".agent-token.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(token.as_bytes()))
+        .and_then(|()| fs::rename(&tmp, &path))
+        .map_err(|e| VmError::Setup(format!("cannot write {}: {e}", path.display())))?;
+    Ok(token)
+}
+
+/// Creates the project's ed25519 key pair and exec agent token if missing.
+pub fn ensure_keypair(ssh_dir: &Path) -> Result<ClientKeys, VmError> {
     fs::create_dir_all(ssh_dir)
         .and_then(|()| fs::set_permissions(ssh_dir, fs::Permissions::from_mode(0o700)))
         .map_err(|e| VmError::Setup(format!("cannot create {}: {e}", ssh_dir.display())))?;
@@ -36,7 +99,10 @@ pub fn ensure_keypair(ssh_dir: &Path) -> Result<String, VmError> {
     let public = key.with_extension("pub");
     let line = fs::read_to_string(&public)
         .map_err(|e| VmError::Setup(format!("cannot read {}: {e}", public.display())))?;
-    Ok(line.trim().to_string())
+    Ok(ClientKeys {
+        public: line.trim().to_string(),
+        agent_token: ensure_agent_token(ssh_dir)?,
+    })
 }
 
 /// Makes an ed25519 key pair at `key` and `key.pub`.

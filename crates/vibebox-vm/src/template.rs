@@ -313,14 +313,14 @@ fn make(
             req.config.disk_gb,
         )
         .map_err(|e| e.to_string())?;
-        let pubkey = crate::ssh::ensure_keypair(&project.ssh_dir()).map_err(|e| e.to_string())?;
+        let keys = crate::ssh::ensure_keypair(&project.ssh_dir()).map_err(|e| e.to_string())?;
         let fingerprint = Fingerprint::of(&request, accel, base_sha);
         let started = Instant::now();
         let mut machine = crate::runtime::boot_with_retries(
             &request,
             &project,
             accel,
-            &pubkey,
+            &keys,
             &saved,
             &fingerprint,
             events,

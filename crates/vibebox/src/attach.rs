@@ -91,13 +91,25 @@ fn spawn_supervisor(ctx: &Context, project: &Project, plan: &SessionPlan) -> any
     Ok(())
 }
 
+/// What a client needs of a running session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Commands (the exec agent): ready as soon as the box runs.
+    Commands,
+    /// SSH (terminals, `ssh-config`): the session's shared SSH connection,
+    /// which opens while the box already runs.
+    Ssh,
+}
+
 /// Starts the session's supervisor if none answers, then attaches to it and
-/// waits until the machine is running. Progress goes to stderr.
+/// waits until the machine is running (and, for `Need::Ssh`, its shared SSH
+/// connection is open). Progress goes to stderr.
 pub fn ensure_running(
     ctx: &Context,
     project: &Project,
     config: &Config,
     session: uuid::Uuid,
+    need: Need,
     plan: &dyn Fn() -> anyhow::Result<SessionPlan>,
 ) -> anyhow::Result<Attached> {
     ensure_image(ctx, config)?;
@@ -147,6 +159,19 @@ pub fn ensure_running(
                 continue 'start;
             };
             match status.state {
+                SessionState::Running if need == Need::Ssh && status.ssh_port.is_none() => {
+                    if let Some(why) = status.ssh_error {
+                        return Err(hinted(
+                            format!("session {session} runs, but {why}"),
+                            "`vibebox exec -- CMD` still runs commands; `vibebox stop --shutdown` and a new start try SSH again".to_string(),
+                        ));
+                    }
+                    let detail = Some("opening the shared SSH connection".to_string());
+                    if detail != last_detail {
+                        eprintln!("vibebox: opening the shared SSH connection");
+                        last_detail = detail;
+                    }
+                }
                 SessionState::Running => {
                     return Ok(Attached {
                         reference: Reference::Held(attachment),
@@ -190,7 +215,7 @@ impl Attached {
     /// when a port of the box becomes reachable from the host, or stops
     /// being; the ports already forwarded are told at once. When the box is
     /// in ask mode, this terminal also answers its questions (the ssh that
-    /// [`run_ssh`] and [`run_ssh_tty`] start then gets the keyboard through
+    /// [`run_shell`] and [`run_ssh_tty`] start then gets the keyboard through
     /// [`crate::asking`]).
     pub fn follow_at_terminal(&mut self, project: &Project) {
         let mut seen = self.status.ports.clone();
@@ -287,20 +312,47 @@ fn exit_code(mut cmd: Command) -> anyhow::Result<i32> {
     Ok(status.code().unwrap_or(255))
 }
 
-/// Runs `remote` (a shell command line) in the guest's project directory, or
-/// an interactive login shell when `remote` is `None`. Returns the exit code.
-pub fn run_ssh(
-    project: &Project,
-    attached: &Attached,
-    remote: Option<String>,
-) -> anyhow::Result<i32> {
-    match remote {
-        None if std::io::stdin().is_terminal() => run_at_terminal(
+/// Runs `line` (a shell command line) in the guest's project directory
+/// through the box's exec agent (no terminal; this process's standard
+/// streams are the command's). Returns its exit code.
+pub fn run_command(project: &Project, attached: &Attached, line: &str) -> anyhow::Result<i32> {
+    let port = attached
+        .status
+        .agent_port
+        .ok_or_else(|| anyhow::anyhow!("the supervisor did not report the exec agent's port"))?;
+    let token = ssh::read_agent_token(&project.ssh_dir()).ok_or_else(|| {
+        hinted(
+            format!(
+                "cannot read the session's agent token in {}",
+                ssh::agent_token_path(&project.ssh_dir()).display()
+            ),
+            "`vibebox stop --shutdown` and start again: the next start makes a new one".to_string(),
+        )
+    })?;
+    let dir = shell_quote(&attached.guest_dir(project));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    vibebox_agent::client::run(addr, &token, &format!("cd {dir} && {line}")).map_err(|e| {
+        let hint = match e {
+            vibebox_agent::client::AgentError::Closed
+            | vibebox_agent::client::AgentError::Refused(_) => {
+                "the box's root can stop or replace its exec agent (/sbin/vibebox-agent); `vibebox stop --shutdown` and a new start bring it back (terminals use SSH and still work)"
+            }
+            _ => "see .vibebox/logs/supervisor.log and .vibebox/logs/network.log",
+        };
+        hinted(e.to_string(), hint.to_string())
+    })
+}
+
+/// Runs an interactive login shell in the guest's project directory (on a
+/// terminal when stdin is one) over SSH. Returns the exit code.
+pub fn run_shell(project: &Project, attached: &Attached) -> anyhow::Result<i32> {
+    if std::io::stdin().is_terminal() {
+        run_at_terminal(
             attached,
             guest_ssh(project, attached, true, "exec bash -l")?,
-        ),
-        None => exit_code(guest_ssh(project, attached, false, "exec bash -l")?),
-        Some(line) => exit_code(guest_ssh(project, attached, false, &line)?),
+        )
+    } else {
+        exit_code(guest_ssh(project, attached, false, "exec bash -l")?)
     }
 }
 

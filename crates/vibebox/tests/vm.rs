@@ -1232,6 +1232,234 @@ fn a_guest_that_floods_its_control_port_is_refused(rt: Rt) {
 
 both_runtimes!(a_guest_that_floods_its_control_port_is_refused);
 
+/// `vibebox exec` without the CLI's assertions: a plain child process.
+fn exec_process(w: &World, dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("vibebox"));
+    c.arg("exec")
+        .arg("--")
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", w.home())
+        .env("VIBEBOX_HOME", w.vibebox_home())
+        .env("PATH", vm::test_path());
+    c
+}
+
+/// The supervisor's status of the session of `dir`.
+fn supervisor_status(dir: &Path) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut s =
+        std::os::unix::net::UnixStream::connect(dir.join(".vibebox/supervisor.sock")).unwrap();
+    s.write_all(b"{\"op\":\"status\"}\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// `vibebox exec` runs its command through the box's exec agent (no SSH
+/// connection) the way an SSH session would: as vibecoder with its groups
+/// and sshd's environment, in the project, with the caller's input, output
+/// and errors apart, the exit code and the signal that ended it, any amount
+/// of output; a client that goes away hangs up on its command.
+fn exec_runs_commands_as_an_ssh_session_would(rt: Rt) {
+    let Some((_serial, w)) = begin(rt) else {
+        return;
+    };
+    let dir = w.project("agent");
+    write_config(&dir, "", 30_000);
+    let out = w
+        .vm(&dir)
+        .args([
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "echo $USER:$HOME:$PATH:$LOGNAME:$SHELL; id -Gn; pwd; sudo -n true && echo root-ok",
+        ])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "vibecoder:/home/vibecoder:/usr/local/bin:/usr/bin:/bin:/usr/games:vibecoder:/bin/bash"
+    );
+    assert!(lines[1].split(' ').any(|g| g == "sudo"), "{text}");
+    assert_eq!(lines[2], "/home/vibecoder/agent");
+    assert_eq!(lines[3], "root-ok");
+    // Output and errors apart, the exit code.
+    let out = w
+        .vm(&dir)
+        .args(["exec", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(stdout(&out), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).ends_with("err\n"));
+    // A signal's end, as a shell reports it.
+    let out = w
+        .vm(&dir)
+        .args(["exec", "--", "sh", "-c", "kill -TERM $$"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(143));
+    // Input in, a lot of output out (more than any one frame).
+    let mut c = exec_process(&w, &dir, &["sh", "-c", "wc -c; head -c 3000000 /dev/zero"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = c.stdin.take().unwrap();
+        stdin.write_all(&vec![b'x'; 200_000]).unwrap();
+    }
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stdout.starts_with(b"200000\n"),
+        "{:?}",
+        &out.stdout[..out.stdout.len().min(20)]
+    );
+    assert_eq!(out.stdout.len(), 7 + 3_000_000);
+    // A client killed while its command runs: the command is hung up on.
+    let mut c = exec_process(
+        &w,
+        &dir,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo hung-up >/tmp/hup; exit 0' HUP; echo started; while :; do sleep 0.2; done",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "started\n");
+    }
+    c.kill().unwrap();
+    c.wait().unwrap();
+    assert!(eventually(Duration::from_secs(30), || {
+        let out = w
+            .vm(&dir)
+            .args(["exec", "--", "cat", "/tmp/hup"])
+            .output()
+            .unwrap();
+        stdout(&out) == "hung-up\n"
+    }));
+    w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+}
+
+both_runtimes!(exec_runs_commands_as_an_ssh_session_would);
+
+/// The exec agent is a way in only for the host: a wrong token is refused,
+/// the box's user can neither read the token nor use the agent without it,
+/// and an agent the box's root replaced with a hostile one gets the client
+/// a clear error — no crash, no hang, nothing raw on the terminal — until
+/// the next start brings the real one back.
+fn the_exec_agent_holds_against_the_box(rt: Rt) {
+    let Some((_serial, w)) = begin(rt) else {
+        return;
+    };
+    let dir = w.project("agent-abuse");
+    write_config(&dir, "", 30_000);
+    w.vm(&dir).args(["exec", "--", "true"]).assert().success();
+    let port = supervisor_status(&dir)["agent_port"].as_u64().unwrap() as u16;
+    // From the host, without the token.
+    let refused = |token: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut req = token.as_bytes().to_vec();
+        req.push(0);
+        req.extend_from_slice(b"touch /tmp/pwned");
+        let mut frame = vec![1u8];
+        frame.extend_from_slice(&(req.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&req);
+        s.write_all(&frame).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        answer
+    };
+    for token in [
+        "0".repeat(64),
+        String::new(),
+        "A".repeat(64),
+        "x".repeat(5000),
+    ] {
+        let answer = refused(&token);
+        assert_eq!(answer.first(), Some(&19u8), "token {token:?}: {answer:?}");
+    }
+    // From inside, as the box's user: the token file is root's, and the agent
+    // wants it.
+    let script = r#"
+        cat /run/vibebox/agent-token >/dev/null 2>&1 && echo READABLE
+        python3 - <<'PY'
+import socket
+s = socket.create_connection(("127.0.0.1", 1023))
+req = b"0" * 64 + b"\0touch /tmp/pwned"
+s.sendall(bytes([1]) + len(req).to_bytes(4, "big") + req)
+print("answer", s.recv(1)[0])
+PY
+        echo done
+    "#;
+    let text = run_script(&w, &dir, script);
+    assert!(!text.contains("READABLE"), "{text}");
+    assert!(text.contains("answer 19"), "{text}");
+    let out = w
+        .vm(&dir)
+        .args([
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "test -e /tmp/pwned && echo PWNED; echo done",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "done\n");
+    // The box's root replaces the agent with one that answers with a frame
+    // of 4 GiB, then one that refuses with terminal escapes.
+    for (reply, expect) in [
+        (r"b'\x10\xff\xff\xff\xff'", "malformed reply"),
+        (
+            r"(lambda p: b'\x13' + len(p).to_bytes(4, 'big') + p)(b'\x1b]0;pwned\x07\n')",
+            "refused the command: \\x1b]0;pwned\\x07\\x0a",
+        ),
+    ] {
+        let fake = format!(
+            "import socket\nl = socket.socket()\nl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\nl.bind(('0.0.0.0', 1023))\nl.listen(16)\nwhile True:\n    c, _ = l.accept()\n    c.recv(65536)\n    c.sendall({reply})\n    c.close()\n"
+        );
+        fs::write(dir.join("fake-agent.py"), fake).unwrap();
+        let script = "sudo pkill -f '^python3 fake-agent'; sudo setsid sh -c 'sleep 1; pkill -x vibebox-agent; exec python3 fake-agent.py' </dev/null >/dev/null 2>&1 & echo done";
+        run_script(&w, &dir, script);
+        let mut last = String::new();
+        let replaced = eventually(Duration::from_secs(60), || {
+            let out = w.vm(&dir).args(["exec", "--", "true"]).output().unwrap();
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            !out.status.success() && last.contains(expect)
+        });
+        assert!(replaced, "{last}");
+        assert!(!last.contains('\x1b'), "{last:?}");
+        // The next start brings the real agent back.
+        w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+        w.vm(&dir).args(["exec", "--", "true"]).assert().success();
+    }
+    w.vm(&dir).args(["stop", "--shutdown"]).assert().success();
+}
+
+both_runtimes!(the_exec_agent_holds_against_the_box);
+
 /// `vibebox stop` suspends: the next start resumes the box with its processes
 /// running and the files they hold open — even one the host deleted in the
 /// meantime — and its clock current. `--shutdown` powers off; a machine

@@ -131,12 +131,18 @@ pub fn run(ctx: &Context) -> anyhow::Result<i32> {
     loop {
         let p = prepare(ctx)?;
         let (project, entry) = (&p.project, &p.entry);
-        let mut attached =
-            attach::ensure_running(ctx, project, &p.config, entry.id, &|| p.plan(ctx))?;
+        let mut attached = attach::ensure_running(
+            ctx,
+            project,
+            &p.config,
+            entry.id,
+            attach::Need::Ssh,
+            &|| p.plan(ctx),
+        )?;
         if std::io::stdin().is_terminal() {
             attached.follow_at_terminal(project);
         }
-        let code = attach::run_ssh(project, &attached, None)?;
+        let code = attach::run_shell(project, &attached)?;
         drop(attached);
         if code != NEW_SESSION_CODE {
             return Ok(code);
@@ -172,13 +178,20 @@ pub fn run(ctx: &Context) -> anyhow::Result<i32> {
 pub fn exec(ctx: &Context, command: &[String]) -> anyhow::Result<i32> {
     let p = prepare(ctx)?;
     let project = &p.project;
-    let attached = attach::ensure_running(ctx, project, &p.config, p.entry.id, &|| p.plan(ctx))?;
+    let attached = attach::ensure_running(
+        ctx,
+        project,
+        &p.config,
+        p.entry.id,
+        attach::Need::Commands,
+        &|| p.plan(ctx),
+    )?;
     let line = command
         .iter()
         .map(|a| attach::shell_quote(a))
         .collect::<Vec<_>>()
         .join(" ");
-    attach::run_ssh(project, &attached, Some(format!("exec {line}")))
+    attach::run_command(project, &attached, &format!("exec {line}"))
 }
 
 /// Runs `vibebox stop [--shutdown]`: suspends the box (its processes go on

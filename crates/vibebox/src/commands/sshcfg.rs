@@ -240,7 +240,14 @@ fn include_from_user_config(ctx: &Context, file: &Path) -> anyhow::Result<()> {
 pub fn proxy(ctx: &mut Context, dir: &Path) -> anyhow::Result<i32> {
     ctx.cwd = dir.to_path_buf();
     let p = prepare(ctx)?;
-    let attached = attach::ensure_running(ctx, &p.project, &p.config, p.entry.id, &|| p.plan(ctx))?;
+    let attached = attach::ensure_running(
+        ctx,
+        &p.project,
+        &p.config,
+        p.entry.id,
+        attach::Need::Ssh,
+        &|| p.plan(ctx),
+    )?;
     let port = attached
         .status
         .ssh_port

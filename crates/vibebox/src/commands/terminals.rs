@@ -19,7 +19,14 @@ const LIST_LIMIT: u64 = 1 << 20;
 
 fn start(ctx: &Context) -> anyhow::Result<(Prepared, Attached)> {
     let p = prepare(ctx)?;
-    let attached = attach::ensure_running(ctx, &p.project, &p.config, p.entry.id, &|| p.plan(ctx))?;
+    let attached = attach::ensure_running(
+        ctx,
+        &p.project,
+        &p.config,
+        p.entry.id,
+        attach::Need::Ssh,
+        &|| p.plan(ctx),
+    )?;
     Ok((p, attached))
 }
 
