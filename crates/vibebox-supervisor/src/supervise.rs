@@ -179,6 +179,9 @@ struct SshMaster {
     child: Option<Tied>,
     since: std::time::Instant,
     retry_at: std::time::Instant,
+    /// The pause before the next try (doubles up to 2 s: an sshd that
+    /// refuses for good does not fill the log).
+    pause: Duration,
 }
 
 impl SshMaster {
@@ -206,6 +209,7 @@ impl SshMaster {
             child: None,
             since: now,
             retry_at: now,
+            pause: Duration::from_millis(100),
         }
     }
 
@@ -220,7 +224,8 @@ impl SshMaster {
             }
             if let Ok(Some(_)) = child.0.try_wait() {
                 self.child = None;
-                self.retry_at = now + Duration::from_millis(100);
+                self.retry_at = now + self.pause;
+                self.pause = (self.pause * 2).min(Duration::from_secs(2));
             }
         }
         if now.duration_since(self.since) > SSH_MASTER_TIMEOUT {
