@@ -441,15 +441,7 @@ both_runtimes!(mounts_cannot_be_escaped_from_guest_root);
 /// Kills the supervisor of `dir`'s session with SIGKILL and waits until
 /// nothing of its box runs any more.
 fn kill_the_supervisor_of(dir: &Path) {
-    let socket = dir.join(".vibebox/supervisor.sock");
-    let out = std::os::unix::net::UnixStream::connect(&socket).and_then(|mut s| {
-        use std::io::{BufRead, Write};
-        s.write_all(b"{\"op\":\"status\"}\n")?;
-        let mut line = String::new();
-        std::io::BufReader::new(s).read_line(&mut line)?;
-        Ok(line)
-    });
-    let status: serde_json::Value = serde_json::from_str(&out.unwrap()).unwrap();
+    let status = supervisor_status(dir);
     let pid = status["pid"].as_u64().unwrap() as i32;
     let id = common::session_id(dir).replace('-', "");
     assert!(!processes_mentioning(&id).is_empty(), "helpers run");
@@ -1110,16 +1102,10 @@ fn many_clients_at_once_all_succeed(rt: Rt) {
     };
     let dir = w.project("crowd");
     write_config(&dir, "", 30_000);
-    let exe = assert_cmd::cargo::cargo_bin("vibebox");
     let run = |n: usize| {
         let children: Vec<_> = (0..n)
             .map(|i| {
-                Command::new(&exe)
-                    .args(["exec", "--", "echo", &format!("client-{i}")])
-                    .current_dir(&dir)
-                    .env("HOME", w.home())
-                    .env("VIBEBOX_HOME", w.vibebox_home())
-                    .env("PATH", vm::test_path())
+                exec_process(&w, &dir, &["echo", &format!("client-{i}")])
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
