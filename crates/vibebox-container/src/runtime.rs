@@ -25,7 +25,6 @@ use vibebox_core::runtime::{
 use vibebox_core::subids::SubIds;
 use vibebox_vm::guest::{self, NotReady};
 use vibebox_vm::process::Tied;
-use vibebox_vm::runtime::on_path;
 use vibebox_vm::ssh;
 
 use crate::bundle::{self, BundleSpec};
@@ -48,6 +47,45 @@ fn fail(msg: impl Into<String>) -> RuntimeError {
 #[derive(Debug, Clone)]
 pub struct ContainerRuntime {
     exe: PathBuf,
+    /// Where a passed probe is remembered (`VIBEBOX_HOME/container-probe.json`).
+    probe_cache: PathBuf,
+}
+
+/// Where `program` is on PATH.
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(program))
+            .find(|f| f.is_file())
+    })
+}
+
+/// What a passed probe depends on: this boot, this user, the user's
+/// subordinate ids, the programs (which file, which version of it) and the
+/// kernel's switches for user namespaces. A probe is remembered only while
+/// all of it stays the same.
+fn probe_key(tools: &[PathBuf], ids: &SubIds) -> String {
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    let mut key = vec![
+        read("/proc/sys/kernel/random/boot_id"),
+        rustix::process::getuid().as_raw().to_string(),
+        ids.unshare_args().join(" "),
+    ];
+    for t in tools {
+        let stamp = fs::metadata(t).map_or(String::new(), |m| {
+            use std::os::unix::fs::MetadataExt;
+            format!("{}:{}:{}:{}", m.ino(), m.size(), m.mtime(), m.mtime_nsec())
+        });
+        key.push(format!("{}={stamp}", t.display()));
+    }
+    for sysctl in [
+        "/proc/sys/user/max_user_namespaces",
+        "/proc/sys/kernel/unprivileged_userns_clone",
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+    ] {
+        key.push(read(sysctl));
+    }
+    key.join("\n")
 }
 
 /// crun's version line, e.g. `crun version 1.8.1`.
@@ -60,11 +98,56 @@ fn crun_version() -> Option<String> {
 }
 
 impl ContainerRuntime {
-    /// `exe` is the vibebox executable (it runs the stage).
-    pub fn new(exe: &Path) -> ContainerRuntime {
+    /// `exe` is the vibebox executable (it runs the stage); a passed probe
+    /// is remembered in `vibebox_home`.
+    pub fn new(exe: &Path, vibebox_home: &Path) -> ContainerRuntime {
         ContainerRuntime {
             exe: exe.to_path_buf(),
+            probe_cache: vibebox_home.join("container-probe.json"),
         }
+    }
+
+    /// The isolation a passed probe with this `key` found, if one did.
+    fn remembered(&self, key: &str) -> Option<String> {
+        let text = fs::read_to_string(&self.probe_cache).ok()?;
+        let (k, reason) = serde_json::from_str::<(String, String)>(&text).ok()?;
+        (k == key).then_some(reason)
+    }
+
+    /// Remembers a passed probe (best effort: without it the next start
+    /// probes again).
+    fn remember(&self, key: &str, reason: &str) {
+        if let Ok(text) = serde_json::to_string(&(key, reason)) {
+            if let Some(dir) = self.probe_cache.parent() {
+                let _ = fs::create_dir_all(dir);
+            }
+            let _ = vibebox_core::project::write_atomic(&self.probe_cache, text.as_bytes());
+        }
+    }
+
+    /// Tries a user namespace like the stage's; on success, the isolation
+    /// the runtime gives (with crun's version).
+    fn probe(&self, ids: &SubIds) -> Result<String, String> {
+        // The kernel may refuse unprivileged user namespaces: try one.
+        match Command::new("unshare")
+            .args(ids.unshare_args())
+            .args(["--mount", "--net", "--pid", "--fork", "true"])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return Err(format!(
+                    "a user namespace cannot be made here: {}",
+                    vibebox_core::text::for_terminal(String::from_utf8_lossy(&o.stderr).trim())
+                ))
+            }
+            Err(e) => return Err(format!("cannot run unshare: {e}")),
+        }
+        Ok(format!(
+            "{}: user namespace, seccomp, no CAP_SYS_ADMIN",
+            crun_version().unwrap_or_else(|| "crun".into())
+        ))
     }
 }
 
@@ -78,44 +161,46 @@ impl Runtime for ContainerRuntime {
             available: false,
             reason,
         };
+        let mut tools = Vec::new();
         for (tool, package) in [
             ("crun", "crun"),
             ("unshare", "util-linux"),
             ("newuidmap", "uidmap"),
+            ("newgidmap", "uidmap"),
             ("ip", "iproute2"),
         ] {
-            if !on_path(tool) {
-                return no(format!(
-                    "{tool} is not installed (install {package}, or run scripts/install-deps)"
-                ));
+            match find_on_path(tool) {
+                Some(path) => tools.push(path),
+                None => {
+                    return no(format!(
+                        "{tool} is not installed (install {package}, or run scripts/install-deps)"
+                    ))
+                }
             }
         }
         let ids = match SubIds::of_current_user() {
             Ok(ids) => ids,
             Err(e) => return no(format!("{e}; {}", e.help())),
         };
-        // The kernel may refuse unprivileged user namespaces: try one.
-        match Command::new("unshare")
-            .args(ids.unshare_args())
-            .args(["--mount", "--net", "--pid", "--fork", "true"])
-            .stdin(Stdio::null())
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                return no(format!(
-                    "a user namespace cannot be made here: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ))
-            }
-            Err(e) => return no(format!("cannot run unshare: {e}")),
+        // The probe starts three programs: a passed one is remembered for
+        // as long as nothing it depends on changes (a failed one is tried
+        // again at each start).
+        let key = probe_key(&tools, &ids);
+        if let Some(reason) = self.remembered(&key) {
+            return Availability {
+                available: true,
+                reason,
+            };
         }
-        Availability {
-            available: true,
-            reason: format!(
-                "{}: user namespace, seccomp, no CAP_SYS_ADMIN",
-                crun_version().unwrap_or_else(|| "crun".into())
-            ),
+        match self.probe(&ids) {
+            Ok(reason) => {
+                self.remember(&key, &reason);
+                Availability {
+                    available: true,
+                    reason,
+                }
+            }
+            Err(why) => no(why),
         }
     }
 
@@ -456,5 +541,46 @@ impl Machine for ContainerMachine {
         Err(fail(
             "the container runtime cannot suspend yet: the box was powered off (its files, in .vibebox/container/, stay)",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passed_probe_is_remembered_only_while_what_it_depends_on_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("crun");
+        fs::write(&tool, "one build").unwrap();
+        let ids = SubIds {
+            uid: 100_000,
+            gid: 100_000,
+        };
+        let tools = [tool.clone()];
+        let key = probe_key(&tools, &ids);
+        assert_eq!(key, probe_key(&tools, &ids));
+        // Another build of a program (upgraded, reinstalled) is probed again,
+        // and so are other subordinate ids.
+        fs::write(&tool, "another build").unwrap();
+        assert_ne!(key, probe_key(&tools, &ids));
+        let key = probe_key(&tools, &ids);
+        let other = SubIds {
+            uid: 200_000,
+            gid: 100_000,
+        };
+        assert_ne!(key, probe_key(&tools, &other));
+
+        let rt = ContainerRuntime::new(Path::new("/nonexistent"), &dir.path().join("home"));
+        assert_eq!(rt.remembered(&key), None);
+        rt.remember(&key, "crun version 9: isolated");
+        assert_eq!(
+            rt.remembered(&key).as_deref(),
+            Some("crun version 9: isolated")
+        );
+        assert_eq!(rt.remembered("another key"), None);
+        // A damaged file is no verdict.
+        fs::write(&rt.probe_cache, "{not json").unwrap();
+        assert_eq!(rt.remembered(&key), None);
     }
 }

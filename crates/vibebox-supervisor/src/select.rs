@@ -29,7 +29,7 @@ pub fn select(choice: RuntimeChoice, vibebox_home: &Path, exe: &Path) -> Runtime
         }
     };
     let vm = VmRuntime::new(vibebox_home, exe);
-    let container = ContainerRuntime::new(exe);
+    let container = ContainerRuntime::new(exe, vibebox_home);
     match choice {
         RuntimeChoice::Vm => view(&vm, None),
         RuntimeChoice::Container => view(&container, None),
@@ -61,7 +61,7 @@ pub fn select(choice: RuntimeChoice, vibebox_home: &Path, exe: &Path) -> Runtime
 pub fn by_name(name: &str, vibebox_home: &Path, exe: &Path) -> Option<Box<dyn Runtime>> {
     match name {
         "vm" => Some(Box::new(VmRuntime::new(vibebox_home, exe))),
-        "container" => Some(Box::new(ContainerRuntime::new(exe))),
+        "container" => Some(Box::new(ContainerRuntime::new(exe, vibebox_home))),
         _ => None,
     }
 }

@@ -24,22 +24,40 @@ pub(crate) struct Prepared {
     pub(crate) config_source: String,
     pub(crate) hosts: Vec<std::path::PathBuf>,
     pub(crate) entry: SessionEntry,
-    pub(crate) runtime: vibebox_core::explain::RuntimeView,
+    /// Which runtime a start would use: chosen only when the box must be
+    /// started (probing the runtimes costs a few processes; a command for a
+    /// running box needs none).
+    runtime: std::cell::OnceCell<vibebox_core::explain::RuntimeView>,
 }
 
 impl Prepared {
+    /// The runtime a start would use, or why none can run here.
+    fn runtime(&self, ctx: &Context) -> anyhow::Result<&vibebox_core::explain::RuntimeView> {
+        let runtime = self
+            .runtime
+            .get_or_init(|| crate::runtime::select(ctx, self.config.runtime));
+        if runtime.selected.is_none() {
+            return Err(hinted(
+                format!("cannot start session {}: {}", self.entry.id, runtime.reason),
+                "`vibebox explain` shows the runtime vibebox would use and why",
+            ));
+        }
+        Ok(runtime)
+    }
+
     /// The start plan, made only when a supervisor must be started: it walks
     /// the shares to plan their protections.
     pub(crate) fn plan(&self, ctx: &Context) -> anyhow::Result<SessionPlan> {
+        let runtime = self.runtime(ctx)?;
         // The first line of a start names the runtime and the isolation it gives.
-        let isolation = match self.runtime.selected.as_deref() {
+        let isolation = match runtime.selected.as_deref() {
             Some("vm") => "a virtual machine with its own kernel",
             Some("container") => "a container that shares the host's kernel",
             _ => "an unknown runtime",
         };
         eprintln!(
             "vibebox: starting session {} in {isolation} ({})",
-            self.entry.id, self.runtime.reason
+            self.entry.id, runtime.reason
         );
         let (shares, warnings) =
             crate::plan::shares(ctx, &self.project, &self.config, &self.hosts, true)?;
@@ -47,9 +65,15 @@ impl Prepared {
             eprintln!("vibebox: {}", vibebox_core::text::for_terminal(w));
         }
         // What `:explain` shows in the box, made here with the checked config.
-        let explain = super::explain::build_planned(ctx, &self.project, &self.config, &shares)
-            .map(|x| super::explain::render(&x))
-            .unwrap_or_default();
+        let explain = super::explain::build_planned(
+            ctx,
+            &self.project,
+            &self.config,
+            runtime.clone(),
+            &shares,
+        )
+        .map(|x| super::explain::render(&x))
+        .unwrap_or_default();
         Ok(SessionPlan {
             project_dir: self.project.dir().to_path_buf(),
             config_file: self.project.config_path(),
@@ -57,7 +81,7 @@ impl Prepared {
             shares,
             warnings,
             explain,
-            runtime: self.runtime.selected.clone().unwrap_or_default(),
+            runtime: runtime.selected.clone().unwrap_or_default(),
         })
     }
 }
@@ -103,21 +127,20 @@ pub(crate) fn prepare(ctx: &Context) -> anyhow::Result<Prepared> {
     let grants = super::trust::grants(ctx, &project, &config, &hosts);
     super::trust::ensure_accepted(ctx, &project, &entry.id, &grants)?;
     vibebox_supervisor::rundir::run_root().map_err(crate::runtime::supervisor_error)?;
-    let runtime = crate::runtime::select(ctx, config.runtime);
-    if runtime.selected.is_none() {
-        return Err(hinted(
-            format!("cannot start session {}: {}", entry.id, runtime.reason),
-            "`vibebox explain` shows the runtime vibebox would use and why",
-        ));
-    }
-    Ok(Prepared {
-        runtime,
+    let prepared = Prepared {
+        runtime: std::cell::OnceCell::new(),
         project,
         config,
         config_source,
         hosts,
         entry,
-    })
+    };
+    // A box that must be started needs a runtime: say at once when none can
+    // run here (before, say, building a missing image).
+    if control::status(&prepared.project.socket_path()).is_none() {
+        prepared.runtime(ctx)?;
+    }
+    Ok(prepared)
 }
 
 /// The exit code with which `:new` in the box asks the host for a fresh session.

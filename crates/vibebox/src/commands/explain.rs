@@ -29,7 +29,8 @@ pub fn build_for(ctx: &Context, project: &Project) -> anyhow::Result<Explanation
                 })
         })
         .collect();
-    let mut x = build_planned(ctx, project, &config, &[])?;
+    let runtime = crate::runtime::select(ctx, config.runtime);
+    let mut x = build_planned(ctx, project, &config, runtime, &[])?;
     match crate::plan::shares(ctx, project, &config, &hosts, false) {
         Ok((shares, warnings)) => {
             x.protected = crate::plan::describe(&shares);
@@ -52,6 +53,7 @@ pub fn build_planned(
     ctx: &Context,
     project: &Project,
     config: &vibebox_core::config::Config,
+    runtime: vibebox_core::explain::RuntimeView,
     shares: &[vibebox_core::plan::PlannedShare],
 ) -> anyhow::Result<Explanation> {
     let image_dir = config.image.dir(&ctx.home);
@@ -60,7 +62,6 @@ pub fn build_planned(
         present: image_dir.join("manifest.toml").is_file(),
         path: image_dir,
     };
-    let runtime = crate::runtime::select(ctx, config.runtime);
     let mut x = Explanation::new(project, config, &ctx.host_home, runtime, image);
     x.protected = crate::plan::describe(shares);
     Ok(x)
