@@ -44,7 +44,8 @@ rm -rf "$I"
 mkdir -p "$I/bin" "$I/lib/modules" "$I/proc" "$I/sys" "$I/dev" "$I/newroot"
 cp "$ROOT/bin/busybox" "$I/bin/busybox"
 install -m 755 "$GUEST/initrd-init" "$I/init"
-for m in virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
+# (q35: the devices are on PCI; virtio_mmio is not needed.)
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
   virtio_blk failover net_failover virtio_net fuse virtiofs virtio_console; do
   f=$(find "$ROOT/lib/modules/$KVER" -name "$m.ko*" | head -n 1)
   [ -n "$f" ] || { echo "module $m not found in the guest kernel" >&2; exit 1; }

@@ -64,7 +64,8 @@ pub fn wait_for(path: &Path, timeout: Duration, children: &mut [Tied]) -> Result
                 timeout.as_secs()
             )));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // A socket appears within milliseconds: look often (a stat each).
+        std::thread::sleep(Duration::from_millis(2));
     }
     Ok(())
 }

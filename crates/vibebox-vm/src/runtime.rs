@@ -1231,9 +1231,18 @@ fn start_machine(
         if status == "paused" {
             qmp.execute("cont", json!({})).map_err(vm)?;
         }
-        // First what the first SSH connection needs (the guest answers at
-        // once: no program to start): the session's client key, and a box
-        // from its image's template takes its own identity.
+        // The guest's clock stood still while the box was saved: it sets
+        // it (a program) while it reads the next lines.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        control
+            .write_all(format!("time {now}\n").as_bytes())
+            .map_err(io)?;
+        // What the first SSH connection needs (the guest answers at once:
+        // no program to start): the session's client key, and a box from
+        // its image's template takes its own identity.
         control.write_all(keys.key_line().as_bytes()).map_err(io)?;
         let identity = if saved.new_identity() {
             let (line, kind, blob) = identity_line(req, run_dir)?;
@@ -1242,17 +1251,10 @@ fn start_machine(
         } else {
             None
         };
-        // Then, while the host opens that connection: the guest's clock
-        // (it stood still while the box was saved) and, for a fork or a
+        // Then, while the host opens that connection: for a fork or a
         // template, its mounts move to the session's guest paths. The guest
-        // says "settled" when all is done (no client runs a command before).
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        control
-            .write_all(format!("time {now}\n").as_bytes())
-            .map_err(io)?;
+        // says "settled" when all is done, its clock too (no client runs a
+        // command before).
         for (from, to) in saved.moves() {
             control
                 .write_all(
