@@ -44,7 +44,8 @@ rm -rf "$I"
 mkdir -p "$I/bin" "$I/lib/modules" "$I/proc" "$I/sys" "$I/dev" "$I/newroot"
 cp "$ROOT/bin/busybox" "$I/bin/busybox"
 install -m 755 "$GUEST/initrd-init" "$I/init"
-# (q35: the devices are on PCI; virtio_mmio is not needed.)
+# The initrd's init loads these by name (q35: the devices are on PCI; virtio_mmio
+# is not needed).
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
   virtio_blk failover net_failover virtio_net fuse virtiofs virtio_console; do
   f=$(find "$ROOT/lib/modules/$KVER" -name "$m.ko*" | head -n 1)
@@ -52,7 +53,6 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
   cp "$f" "$I/lib/modules/$m.ko"
   # Drops the appended signature too: verifying it under TCG is slow.
   strip --strip-debug "$I/lib/modules/$m.ko"
-  echo "$m" >>"$I/lib/modules/order"
 done
 (cd "$I" && find . | cpio -o -H newc --quiet -R 0:0) >"$OUT/initrd.img"
 # microvm + PVH: an initrd whose size is not a multiple of 4096 can corrupt ACPI tables.
