@@ -10,7 +10,12 @@ vibebox commands:
 Everything else is an ordinary Linux command. You are `vibecoder`, with sudo.
 HELP
 }
-:explain() { cat /run/vibebox/explain.txt 2>/dev/null || echo "no explanation was given by the host"; }
+:explain() {
+  # The host sends it just after the start (up to a few seconds under TCG).
+  local i=0
+  while [ ! -s /run/vibebox/explain.txt ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  cat /run/vibebox/explain.txt 2>/dev/null || echo "no explanation was given by the host"
+}
 :exit() { exit 0; }
 :new() {
   echo "vibebox: leaving the box; confirm on the host terminal to delete this session."

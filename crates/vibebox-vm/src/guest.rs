@@ -63,9 +63,16 @@ pub fn config_message(
             escaped(guest.as_bytes())
         ));
     }
-    msg.push_str(&format!("explain {}\n", escaped(explain.as_bytes())));
     msg.push_str("end\n");
+    // After "end": the init reads it once it has settled (a long line costs
+    // tens of milliseconds under TCG, which the first command need not wait).
+    msg.push_str(&explain_line(explain));
     msg
+}
+
+/// The explain text for `:explain` in the box, as a control line.
+pub fn explain_line(explain: &str) -> String {
+    format!("explain {}\n", escaped(explain.as_bytes()))
 }
 
 /// Why the guest did not report ready.

@@ -1027,26 +1027,17 @@ impl RunningMachine for VmMachine {
 
 /// A guest resumed from its image's template takes the session's identity:
 /// a new SSH host key (made on the host; pinned once the guest says
-/// `identified`), a new machine-id, the session's explain text. Returns the
-/// control line and the key (its type and blob) to pin.
-fn identity_line(
-    req: &StartRequest<'_>,
-    run_dir: &Path,
-) -> Result<(String, String, String), RuntimeError> {
+/// `identified`) and a new machine-id (the explain text follows `settle`).
+/// Returns the control line and the key (its type and blob) to pin.
+fn identity_line(run_dir: &Path) -> Result<(String, String, String), RuntimeError> {
     let (private, public) = ssh::new_host_key(run_dir).map_err(vm)?;
     let (kind, blob) = public
         .rsplit_once(' ')
         .and_then(|(key, _comment)| ssh::parse_host_key(key))
         .ok_or_else(|| fail(format!("ssh-keygen made an unexpected key: {public}")))?;
     let machine_id = uuid_v4().replace('-', "");
-    // Never an empty word: the explain text ends with a newline.
-    let mut explain = req.plan.explain.clone();
-    if !explain.ends_with('\n') {
-        explain.push('\n');
-    }
     let line = format!(
-        "identity {} {} {machine_id} {blob}\n",
-        crate::guest::escaped(explain.as_bytes()),
+        "identity {} {machine_id} {blob}\n",
         crate::guest::escaped(&private),
     );
     Ok((line, kind, blob))
@@ -1245,7 +1236,7 @@ fn start_machine(
         // its image's template takes its own identity.
         control.write_all(keys.key_line().as_bytes()).map_err(io)?;
         let identity = if saved.new_identity() {
-            let (line, kind, blob) = identity_line(req, run_dir)?;
+            let (line, kind, blob) = identity_line(run_dir)?;
             control.write_all(line.as_bytes()).map_err(io)?;
             Some((kind, blob))
         } else {
@@ -1269,6 +1260,11 @@ fn start_machine(
             events.log(&format!("moving the mount {from} to {to}"));
         }
         control.write_all(b"settle\n").map_err(io)?;
+        // Then the explain text of this start (a fork's or a template's
+        // project, a config changed while the box was saved).
+        control
+            .write_all(crate::guest::explain_line(&req.plan.explain).as_bytes())
+            .map_err(io)?;
         crate::guest::await_word(&mut lines, "keyed", ANSWER_TIMEOUT).map_err(fail)?;
         if let Some((kind, blob)) = identity {
             crate::guest::await_word(&mut lines, "identified", ANSWER_TIMEOUT).map_err(fail)?;

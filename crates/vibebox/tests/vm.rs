@@ -1831,7 +1831,10 @@ fn new_sessions_start_from_the_images_template() {
     };
     let log = |d: &Path| fs::read_to_string(d.join(".vibebox/logs/supervisor.log")).unwrap();
     let identity = "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; pwd; ls; \
-                    mount | grep -c /run/vibebox/template; cat /run/vibebox/explain.txt; echo done";
+                    mount | grep -c /run/vibebox/template; \
+                    i=0; while [ ! -s /run/vibebox/explain.txt ] && [ $i -lt 100 ]; do \
+                    sleep 0.1; i=$((i + 1)); done; \
+                    cat /run/vibebox/explain.txt; echo done";
     let first = w.project("first");
     write_config(&first, "", 60_000);
     fs::write(first.join("secret.txt"), "PROJECT-SECRET-5f1d\n").unwrap();
