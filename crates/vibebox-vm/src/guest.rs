@@ -70,9 +70,16 @@ pub fn config_message(
     msg
 }
 
-/// The explain text for `:explain` in the box, as a control line.
+/// The explain text for `:explain` in the box, as a control line. Never
+/// empty: `:explain` waits while the box's copy is empty (a resume empties
+/// it until this line comes).
 pub fn explain_line(explain: &str) -> String {
-    format!("explain {}\n", escaped(explain.as_bytes()))
+    let text = if explain.trim().is_empty() {
+        "vibebox could not describe this box; run `vibebox explain` on the host\n"
+    } else {
+        explain
+    };
+    format!("explain {}\n", escaped(text.as_bytes()))
 }
 
 /// Why the guest did not report ready.
@@ -238,6 +245,13 @@ pub fn await_word(lines: &mut ControlLines, word: &str, timeout: Duration) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_explain_line_is_never_empty() {
+        assert!(explain_line("").len() > "explain x\n".len());
+        assert!(explain_line(" \n").starts_with("explain vibebox\\x20could"));
+        assert_eq!(explain_line("a b\n"), "explain a\\x20b\\x0a\n");
+    }
 
     #[test]
     fn escaped_values_are_one_word_of_plain_bytes() {
