@@ -25,6 +25,7 @@ use vibebox_core::runtime::{
 use vibebox_core::subids::SubIds;
 use vibebox_vm::guest::{self, NotReady};
 use vibebox_vm::process::Tied;
+use vibebox_vm::runtime::find_on_path;
 use vibebox_vm::ssh;
 
 use crate::bundle::{self, BundleSpec};
@@ -49,15 +50,6 @@ pub struct ContainerRuntime {
     exe: PathBuf,
     /// Where a passed probe is remembered (`VIBEBOX_HOME/container-probe.json`).
     probe_cache: PathBuf,
-}
-
-/// Where `program` is on PATH.
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(program))
-            .find(|f| f.is_file())
-    })
 }
 
 /// What a passed probe depends on: this boot, this user, the user's

@@ -11,7 +11,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -97,9 +97,16 @@ pub fn cached_verdict(vibebox_home: &Path, probe_exe: &Path) -> KvmVerdict {
 
 /// Whether `program` is on PATH.
 pub fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
+    find_on_path(program).is_some()
+}
+
+/// Where `program` is on PATH (the first match).
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(program))
+            .find(|f| f.is_file())
+    })
 }
 
 impl Runtime for VmRuntime {
