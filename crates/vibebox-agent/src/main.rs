@@ -28,7 +28,14 @@ extern "C" {
     fn setuid(uid: u32) -> i32;
     fn setsid() -> i32;
     fn kill(pid: i32, sig: i32) -> i32;
+    fn dup2(old: i32, new: i32) -> i32;
+    fn waitid(idtype: u32, id: u32, info: *mut u8, options: i32) -> i32;
 }
+
+/// `waitid`'s arguments: one process, ended, left unreaped.
+const P_PID: u32 = 1;
+const WEXITED: i32 = 4;
+const WNOWAIT: i32 = 0x0100_0000;
 
 const SIGHUP: i32 = 1;
 const SIGCONT: i32 = 18;
@@ -53,6 +60,15 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // vibebox-init starts us with a pipe as standard output and reads this
+    // line before it tells the host the box is ready: the first command
+    // finds the port open. What we print later goes where errors go.
+    if std::env::args().nth(1).as_deref() == Some("--tell-listening") {
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(b"listening\n").and_then(|()| out.flush());
+        // SAFETY: plain system call on the standard streams.
+        unsafe { dup2(2, 1) };
+    }
     for conn in listener.incoming() {
         let Ok(conn) = conn else {
             // Out of descriptors or memory for a moment: do not spin.
@@ -154,6 +170,12 @@ fn run(conn: TcpStream, child: &mut Child) {
 
 /// Waits for `child` to end; sets `ended` in the same lock as the reaping.
 fn wait(child: &mut Child, ended: &Mutex<bool>) -> Option<ExitStatus> {
+    // Block until it ends, without reaping it (that happens under the lock).
+    let mut info = [0u8; 128];
+    // SAFETY: `info` is a siginfo_t's size (128 bytes) and outlives the call.
+    while unsafe { waitid(P_PID, child.id(), info.as_mut_ptr(), WEXITED | WNOWAIT) } != 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
     let mut pause = Duration::from_millis(1);
     loop {
         {

@@ -3,8 +3,14 @@
 //! The box is a process tree on the host's kernel, so its limits are a
 //! cgroup's: memory (`ram_mb`, no swap beyond it) and CPU time (`cpu_count`
 //! CPUs' worth per period, as `docker --cpus` does). The cgroup is made
-//! below the supervisor's own one, and `unshare` enters it before it runs
-//! (so every process of the box starts inside it).
+//! below the supervisor's own one. With cgroups v1 the stage moves the box's
+//! first process into it after `crun create`, before `crun start` runs the
+//! box's init (so every process of the box starts inside it), through files
+//! the supervisor opened. The first move of a process between cgroups after
+//! a quiet while waits for an RCU grace period (the kernel's
+//! `cgroup_threadgroup_rwsem`: 15-25 ms here, about a third of the whole
+//! start); [`start_first_move_wait`] starts that wait as the start begins, so
+//! that it passes while the namespaces and the container are made.
 //!
 //! - **cgroups v1** (this is what [`probe`] finds on hosts like the one
 //!   vibebox is developed on): `memory` and `cpu` hierarchies, written
@@ -17,8 +23,8 @@
 //!   `CPUQuota`; without a reachable systemd the limits are not applied and
 //!   [`probe`] says why.
 
-use std::ffi::CString;
 use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// What the box may use.
@@ -280,13 +286,23 @@ impl V1Group {
         Ok(group)
     }
 
-    /// The `cgroup.procs` files a new process writes `0` to (itself).
-    pub fn procs_files(&self) -> Result<Vec<CString>, String> {
-        self.dirs
-            .iter()
-            .map(|d| {
-                CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes())
-                    .map_err(|_| format!("{} contains a NUL byte", d.display()))
+    /// The `cgroup.procs` files of the group.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// The `cgroup.procs` files, opened for writing (close-on-exec): the
+    /// kernel checks who opened such a file, so a process that inherits one
+    /// (the stage, inside its user namespace) can enter the group with it.
+    pub fn open_procs(&self) -> Result<Vec<OwnedFd>, String> {
+        self.procs_files()
+            .into_iter()
+            .map(|p| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .map(OwnedFd::from)
+                    .map_err(|e| format!("cannot open {}: {e}", p.display()))
             })
             .collect()
     }
@@ -309,29 +325,29 @@ impl Drop for V1Group {
     }
 }
 
-/// Moves the calling process into each cgroup. For `pre_exec`: only
-/// `open`, `write` and `close`.
-pub fn enter(procs: &[CString]) -> std::io::Result<()> {
+/// Starts, in a thread, the kernel's wait that the box's move into its
+/// cgroup would otherwise wait for later: moves this process to the cgroup
+/// of `dir` (one of this process's own cgroups), where it is already — a
+/// move that changes nothing but passes the same lock. The box's move, a
+/// few milliseconds later, then finds the wait over or under way.
+pub fn start_first_move_wait(dir: &Path) {
+    let procs = dir.join("cgroup.procs");
+    let me = std::process::id().to_string();
+    std::thread::spawn(move || {
+        let _ = fs::write(procs, me);
+    });
+}
+
+/// Moves the process `pid` (0: the calling one) into the cgroup of each of
+/// `procs` (open `cgroup.procs` files).
+pub fn enter(procs: &[impl AsFd], pid: u32) -> std::io::Result<()> {
+    let text = pid.to_string();
     for p in procs {
-        // SAFETY: a NUL-terminated path; async-signal-safe calls only.
-        unsafe {
-            let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if n != 1 {
-                return Err(err);
-            }
-        }
+        rustix::io::write(p, text.as_bytes())?;
     }
     Ok(())
 }
 
-/// `systemd-run` arguments that put the command after them in a scope with
-/// the limits (named `name`, unless empty).
 pub fn systemd_run_args(user: bool, name: &str, limits: Limits) -> Vec<String> {
     let mut args = Vec::new();
     if user {
@@ -431,10 +447,14 @@ mod tests {
         );
         assert_eq!(read(cpu.join("vibebox-x/cpu.cfs_period_us")), "100000");
         assert_eq!(read(cpu.join("vibebox-x/cpu.cfs_quota_us")), "200000");
-        assert_eq!(
-            g.procs_files().unwrap()[1].to_str().unwrap(),
-            cpu.join("vibebox-x/cgroup.procs").to_str().unwrap()
-        );
+        assert_eq!(g.procs_files()[1], cpu.join("vibebox-x/cgroup.procs"));
+        // The stage's way in: the files opened for writing, written a pid.
+        for d in [&mem, &cpu] {
+            fs::write(d.join("vibebox-x/cgroup.procs"), "").unwrap();
+        }
+        let fds = g.open_procs().unwrap();
+        enter(&fds, 42).unwrap();
+        assert_eq!(read(mem.join("vibebox-x/cgroup.procs")), "42");
         // Files inside keep a plain directory; a cgroup's vanish with rmdir.
         for d in [&mem, &cpu] {
             for f in fs::read_dir(d.join("vibebox-x")).unwrap() {

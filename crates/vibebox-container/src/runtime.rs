@@ -202,6 +202,47 @@ impl Runtime for ContainerRuntime {
         events: &mut dyn StartEvents,
     ) -> Result<Box<dyn Machine>, RuntimeError> {
         let project = req.plan.project();
+        // The box's own cgroup (cpu_count, ram_mb), where this host lets us;
+        // first, as the kernel's wait for it starts here (see `cgroup`).
+        let limits = cgroup::Limits {
+            cpus: req.config.cpu_count,
+            ram_mb: req.config.ram_mb,
+        };
+        let group_name = format!(
+            "vibebox-{}",
+            req.run_dir
+                .file_name()
+                .map_or("box".into(), |n| n.to_string_lossy())
+        );
+        let mut group = None;
+        let mut cmd = match cgroup::probe() {
+            Ok(cgroup::Placement::V1 { memory, cpu }) => {
+                group = Some(
+                    cgroup::V1Group::create(&memory, &cpu, &group_name, limits)
+                        .map_err(|e| fail(format!("cannot apply cpu_count and ram_mb: {e}")))?,
+                );
+                cgroup::start_first_move_wait(&memory);
+                events.log(&format!(
+                    "limits: {} CPUs, {} MiB through cgroups v1 ({group_name})",
+                    limits.cpus, limits.ram_mb
+                ));
+                Command::new("unshare")
+            }
+            Ok(cgroup::Placement::Systemd { user }) => {
+                events.log(&format!(
+                    "limits: {} CPUs, {} MiB through a systemd scope ({group_name}.scope)",
+                    limits.cpus, limits.ram_mb
+                ));
+                let mut c = Command::new("systemd-run");
+                c.args(cgroup::systemd_run_args(user, &group_name, limits))
+                    .arg("unshare");
+                c
+            }
+            Err(why) => {
+                events.log(&format!("cpu_count and ram_mb are not applied: {why}"));
+                Command::new("unshare")
+            }
+        };
         let name = &req.config.image;
         let image = name.dir(req.vibebox_home);
         let manifest = vibebox_image::read_manifest(&image).map_err(|e| {
@@ -217,13 +258,102 @@ impl Runtime for ContainerRuntime {
         let ids = SubIds::of_current_user().map_err(|e| fail(format!("{e}; {}", e.help())))?;
         let lower = rootfs::ensure_unpacked(&image, &ids, &mut |s| events.progress(s))
             .map_err(|e| fail(e.to_string()))?;
-        events.progress("preparing keys and the box's root");
+        let run = req.run_dir;
+        let args_file = run.join("stage.json");
+        events.progress("starting the container (crun)");
+        let (stage_ours, stage_theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| fail(format!("cannot make a socket pair: {e}")))?;
+        let (ctl_ours, ctl_theirs) =
+            UnixStream::pair().map_err(|e| fail(format!("cannot make a socket pair: {e}")))?;
+        // What the stage, crun and the box's init write goes through a pipe
+        // into a capped log: crun hands its output fds to the box (and makes
+        // them the box root's), so they must not be the log file itself.
+        let log_path = project.logs_dir().join("container.log");
+        let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| fail(format!("cannot make a pipe: {e}")))?;
+        vibebox_vm::runtime::capped_copy(move || Some(fs::File::from(out_read)), &log_path)?;
+        let log2 = out_write
+            .try_clone()
+            .map_err(|e| fail(format!("cannot make a pipe: {e}")))?;
+        let log = out_write;
+        // The stage moves the box into the group through these before its
+        // init runs (fds 4, 5, …; it closes them before that).
+        let procs = match &group {
+            Some(g) => g.open_procs().map_err(fail)?,
+            None => Vec::new(),
+        };
+        let stage_procs: Vec<i32> = (0..procs.len() as i32).map(|i| 4 + i).collect();
+        cmd.args(ids.unshare_args())
+            .args([
+                "--mount",
+                "--net",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "--",
+            ])
+            .arg(&self.exe)
+            .arg("__container-stage")
+            .arg(&args_file)
+            .stdin(Stdio::from(stage_theirs))
+            .stdout(log)
+            .stderr(log2);
+        let ctl_fd = ctl_theirs.as_raw_fd();
+        let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)?;
+                // The box's control channel is fd 3, inherited down to its
+                // init; the cgroup files follow it. Copied out of the way
+                // first: a source may have a target's number.
+                let mut moved = [-1; 8];
+                let sources = std::iter::once(ctl_fd).chain(procs_fds.iter().copied());
+                for (slot, from) in moved.iter_mut().zip(sources) {
+                    *slot = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 16);
+                    if *slot < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (&from, to) in moved.iter().take(1 + procs_fds.len()).zip(3..) {
+                    if libc::dup2(from, to) < 0 || libc::fcntl(to, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("cannot run unshare: {e}")))?;
+        drop(ctl_theirs);
+        drop(cmd);
+        drop(procs);
+        let mut machine = ContainerMachine {
+            child: Tied(child),
+            control: ctl_ours,
+            _group: group,
+        };
+        // What the stage reads is written while unshare makes the
+        // namespaces; the stage waits for "go" (dropping `machine` on an
+        // error ends it).
         let keys = ssh::ensure_keypair(&project.ssh_dir()).map_err(|e| fail(e.to_string()))?;
         let layers = project.state_dir().join("container");
         fs::create_dir_all(&layers)
             .map_err(|e| fail(format!("cannot create {}: {e}", layers.display())))?;
 
-        let run = req.run_dir;
         let mk = |d: &Path| {
             fs::create_dir_all(d).map_err(|e| fail(format!("cannot create {}: {e}", d.display())))
         };
@@ -262,122 +392,19 @@ impl Runtime for ContainerRuntime {
             bundle: bundle_dir,
             crun_root,
             guest_mac: req.network.guest_mac.clone(),
+            guest_address: req.network.guest_address,
+            prefix: req.network.prefix,
+            gateway: req.network.gateway,
             checks: bundle::guarded_paths(&req.plan.shares),
+            cgroup_fds: stage_procs,
         };
-        let args_file = run.join("stage.json");
         write_json(
             args_file.clone(),
             &serde_json::to_value(&args).map_err(|e| fail(e.to_string()))?,
         )?;
 
-        events.progress("starting the container (crun)");
-        let (stage_ours, stage_theirs) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::SEQPACKET,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| fail(format!("cannot make a socket pair: {e}")))?;
-        let (ctl_ours, ctl_theirs) =
-            UnixStream::pair().map_err(|e| fail(format!("cannot make a socket pair: {e}")))?;
-        // What the stage, crun and the box's init write goes through a pipe
-        // into a capped log: crun hands its output fds to the box (and makes
-        // them the box root's), so they must not be the log file itself.
-        let log_path = project.logs_dir().join("container.log");
-        let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| fail(format!("cannot make a pipe: {e}")))?;
-        vibebox_vm::runtime::capped_copy(move || Some(fs::File::from(out_read)), &log_path)?;
-        let log2 = out_write
-            .try_clone()
-            .map_err(|e| fail(format!("cannot make a pipe: {e}")))?;
-        let log = out_write;
-        // The box's own cgroup (cpu_count, ram_mb), where this host lets us.
-        let limits = cgroup::Limits {
-            cpus: req.config.cpu_count,
-            ram_mb: req.config.ram_mb,
-        };
-        let group_name = format!(
-            "vibebox-{}",
-            run.file_name()
-                .map_or("box".into(), |n| n.to_string_lossy())
-        );
-        let mut group = None;
-        let mut cmd = match cgroup::probe() {
-            Ok(cgroup::Placement::V1 { memory, cpu }) => {
-                group = Some(
-                    cgroup::V1Group::create(&memory, &cpu, &group_name, limits)
-                        .map_err(|e| fail(format!("cannot apply cpu_count and ram_mb: {e}")))?,
-                );
-                events.log(&format!(
-                    "limits: {} CPUs, {} MiB through cgroups v1 ({group_name})",
-                    limits.cpus, limits.ram_mb
-                ));
-                Command::new("unshare")
-            }
-            Ok(cgroup::Placement::Systemd { user }) => {
-                events.log(&format!(
-                    "limits: {} CPUs, {} MiB through a systemd scope ({group_name}.scope)",
-                    limits.cpus, limits.ram_mb
-                ));
-                let mut c = Command::new("systemd-run");
-                c.args(cgroup::systemd_run_args(user, &group_name, limits))
-                    .arg("unshare");
-                c
-            }
-            Err(why) => {
-                events.log(&format!("cpu_count and ram_mb are not applied: {why}"));
-                Command::new("unshare")
-            }
-        };
-        let procs = match &group {
-            Some(g) => g.procs_files().map_err(fail)?,
-            None => Vec::new(),
-        };
-        cmd.args(ids.unshare_args())
-            .args([
-                "--mount",
-                "--net",
-                "--pid",
-                "--fork",
-                "--kill-child",
-                "--mount-proc",
-                "--propagation",
-                "private",
-                "--",
-            ])
-            .arg(&self.exe)
-            .arg("__container-stage")
-            .arg(&args_file)
-            .stdin(Stdio::from(stage_theirs))
-            .stdout(log)
-            .stderr(log2);
-        let ctl_fd = ctl_theirs.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl, open,
-        // write, close) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                cgroup::enter(&procs)?;
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
-                ))
-                .map_err(std::io::Error::from)?;
-                // The box's control channel is fd 3, inherited down to its init.
-                if libc::dup2(ctl_fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| fail(format!("cannot run unshare: {e}")))?;
-        drop(ctl_theirs);
-        drop(cmd);
-        let mut machine = ContainerMachine {
-            child: Tied(child),
-            control: ctl_ours,
-            _group: group,
-        };
+        rustix::net::send(&stage_ours, b"go", rustix::net::SendFlags::empty())
+            .map_err(|e| fail(format!("cannot start the container's stage: {e}")))?;
         let log_tail = || {
             let text = fs::read(&log_path).unwrap_or_default();
             let tail = &text[text.len().saturating_sub(2000)..];
@@ -506,6 +533,11 @@ pub struct ContainerMachine {
 }
 
 impl Machine for ContainerMachine {
+    /// crun made the box's mounts before its init ran.
+    fn settles_at_once(&self) -> bool {
+        true
+    }
+
     fn exited(&mut self) -> Option<String> {
         match self.child.0.try_wait() {
             Ok(Some(status)) => Some(format!("the container ended ({status})")),

@@ -14,8 +14,9 @@
 //! 5. runs `crun start`, and reaps processes until the box's init ends.
 //!
 //! It talks to the supervisor over its standard input, a `SOCK_SEQPACKET`
-//! socket: `nic` (with the socket) or `nonic REASON`, then `started` or
-//! `failed REASON`. The box's control channel is fd 3, passed on to the box's
+//! socket: it waits for `go` (its arguments are written while `unshare`
+//! starts), then says `nic` (with the socket) or `nonic REASON`, then
+//! `started` or `failed REASON`. The box's control channel is fd 3, passed on to the box's
 //! init by crun (`--preserve-fds 1`). When the stage ends, the kernel ends
 //! every process of the pid namespace and drops every mount.
 
@@ -51,8 +52,17 @@ pub struct StageArgs {
     pub crun_root: PathBuf,
     /// The box NIC's MAC address.
     pub guest_mac: String,
+    /// The box's address on it, its prefix length, and the gateway (the
+    /// network engine).
+    pub guest_address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: std::net::Ipv4Addr,
     /// Paths that must still be exactly themselves (no symlink anywhere).
     pub checks: Vec<PathBuf>,
+    /// Inherited `cgroup.procs` files of the box's cgroups (opened by the
+    /// supervisor), entered before `crun create` and closed.
+    #[serde(default)]
+    pub cgroup_fds: Vec<i32>,
 }
 
 /// A step failed.
@@ -168,22 +178,9 @@ fn outer_gid(id: u32) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(id)
 }
 
-/// Switches TX checksum offload off on `dev`: on veth the kernel otherwise
-/// leaves checksums (and TSO segmentation) to "hardware", and the engine
-/// would get frames with partial checksums.
-fn tx_checksum_off(dev: &str) -> Result<(), Failed> {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    // SAFETY: a zeroed ifreq is valid; the name fits (checked) with its NUL.
+/// An `ifreq` naming `dev`.
+fn ifreq(dev: &str) -> Result<libc::ifreq, Failed> {
+    // SAFETY: a zeroed ifreq is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     if dev.len() >= req.ifr_name.len() {
         return Err(Failed(format!("interface name {dev} is too long")));
@@ -191,23 +188,139 @@ fn tx_checksum_off(dev: &str) -> Result<(), Failed> {
     for (d, s) in req.ifr_name.iter_mut().zip(dev.bytes()) {
         *d = s as libc::c_char;
     }
-    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-    let sock = rustix::net::socket(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::DGRAM,
-        None,
-    )
-    .map_err(errno("cannot open a socket"))?;
-    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points
-    // to; both outlive the call.
-    let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) };
-    if r != 0 {
-        return Err(Failed(format!(
-            "cannot switch TX checksum offload off on {dev}: {}",
-            std::io::Error::last_os_error()
-        )));
+    Ok(req)
+}
+
+/// An IPv4 `sockaddr` (as `sockaddr_in`).
+fn sockaddr(ip: std::net::Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; any bytes are a
+    // valid sockaddr.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// The interface ioctls of this thread's network namespace, on one socket.
+struct NetIoctl(OwnedFd);
+
+impl NetIoctl {
+    fn new() -> Result<NetIoctl, Failed> {
+        rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::DGRAM,
+            None,
+        )
+        .map(NetIoctl)
+        .map_err(errno("cannot open a socket"))
     }
-    Ok(())
+
+    /// One ioctl with `arg`; `what` says what failed.
+    fn call<T>(&self, request: libc::c_ulong, arg: &mut T, what: &str) -> Result<(), Failed> {
+        // SAFETY: each request used here reads (and may write) a value of
+        // the type passed, which outlives the call.
+        let r = unsafe { libc::ioctl(self.0.as_raw_fd(), request, arg as *mut T) };
+        if r != 0 {
+            return Err(Failed(format!(
+                "{what}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Switches TX checksum offload off on `dev`: on veth the kernel
+    /// otherwise leaves checksums (and TSO segmentation) to "hardware", and
+    /// the engine would get frames with partial checksums.
+    fn tx_checksum_off(&self, dev: &str) -> Result<(), Failed> {
+        #[repr(C)]
+        struct EthtoolValue {
+            cmd: u32,
+            data: u32,
+        }
+        const ETHTOOL_STXCSUM: u32 = 0x17;
+        const SIOCETHTOOL: libc::c_ulong = 0x8946;
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: 0,
+        };
+        let mut req = ifreq(dev)?;
+        req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        self.call(
+            SIOCETHTOOL,
+            &mut req,
+            &format!("cannot switch TX checksum offload off on {dev}"),
+        )
+    }
+
+    /// Brings `dev` up.
+    fn up(&self, dev: &str) -> Result<(), Failed> {
+        let what = format!("cannot bring {dev} up");
+        let mut req = ifreq(dev)?;
+        self.call(libc::SIOCGIFFLAGS, &mut req, &what)?;
+        // SAFETY: SIOCGIFFLAGS filled the flags member.
+        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        self.call(libc::SIOCSIFFLAGS, &mut req, &what)
+    }
+
+    /// Gives `dev` its address and prefix.
+    fn address(&self, dev: &str, ip: std::net::Ipv4Addr, prefix: u8) -> Result<(), Failed> {
+        let what = format!("cannot give {dev} the address {ip}/{prefix}");
+        if prefix > 32 {
+            return Err(Failed(what));
+        }
+        let mut req = ifreq(dev)?;
+        req.ifr_ifru.ifru_addr = sockaddr(ip);
+        self.call(libc::SIOCSIFADDR, &mut req, &what)?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        req.ifr_ifru.ifru_netmask = sockaddr(mask.into());
+        self.call(libc::SIOCSIFNETMASK, &mut req, &what)
+    }
+
+    /// Routes everything off the link through `gateway` on `dev`.
+    fn default_route(&self, gateway: std::net::Ipv4Addr, dev: &str) -> Result<(), Failed> {
+        let name = CString::new(dev).map_err(|_| Failed("bad interface name".into()))?;
+        // SAFETY: a zeroed rtentry is valid (null pointers, zero fields).
+        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+        rt.rt_dst = sockaddr(std::net::Ipv4Addr::UNSPECIFIED);
+        rt.rt_genmask = sockaddr(std::net::Ipv4Addr::UNSPECIFIED);
+        rt.rt_gateway = sockaddr(gateway);
+        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        // The kernel only reads the name (`name` outlives the call).
+        rt.rt_dev = name.as_ptr().cast_mut();
+        self.call(
+            libc::SIOCADDRT,
+            &mut rt,
+            &format!("cannot add the default route via {gateway}"),
+        )
+    }
+}
+
+/// Runs `f` in a thread of ours that joined `box_pid`'s network namespace
+/// (`setns` changes only the calling thread's; it ends right after).
+fn in_box_netns(
+    box_pid: i32,
+    f: impl FnOnce() -> Result<(), Failed> + Send + 'static,
+) -> Result<(), Failed> {
+    let ns = fs::File::open(format!("/proc/{box_pid}/ns/net"))
+        .map_err(failed("cannot open the box's network namespace"))?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on an fd we own, for this thread only.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(Failed(format!(
+                "cannot enter the box's network namespace: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| Failed("the thread setting up the box's network failed".into()))?
 }
 
 /// An `AF_PACKET` socket on `dev` that sees the frames arriving there (not
@@ -269,34 +382,56 @@ fn packet_socket(dev: &str) -> Result<OwnedFd, Failed> {
 
 /// Makes the veth pair, its inner end made directly in the box's network
 /// namespace (`box_pid`'s: making it there takes a few milliseconds, moving
-/// it there afterwards about 25), and returns the packet socket on its outer
-/// end.
-fn make_nic(mac: &str, box_pid: i32) -> Result<OwnedFd, Failed> {
+/// it there afterwards about 25), configures the box's side, and returns the
+/// packet socket on its outer end.
+fn make_nic(a: &StageArgs, box_pid: i32) -> Result<OwnedFd, Failed> {
     let pid = box_pid.to_string();
     run_tool(
         Command::new("ip").args([
-            "link", "add", OUTER_NIC, "up", "type", "veth", "peer", "name", BOX_NIC, "address",
-            mac, "netns", &pid,
+            "link",
+            "add",
+            OUTER_NIC,
+            "up",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            BOX_NIC,
+            "address",
+            &a.guest_mac,
+            "netns",
+            &pid,
         ]),
         "cannot make the box's NIC (ip link add … type veth)",
     )?;
-    // The ioctl must be made in the box's namespace: a thread of ours joins it.
-    let ns = fs::File::open(format!("/proc/{box_pid}/ns/net"))
-        .map_err(failed("cannot open the box's network namespace"))?;
-    std::thread::spawn(move || {
-        // SAFETY: setns on an fd we own; it changes only this thread's
-        // network namespace, and the thread ends right after.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(Failed(format!(
-                "cannot enter the box's network namespace: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        tx_checksum_off(BOX_NIC)
-    })
-    .join()
-    .map_err(|_| Failed("the thread setting up the NIC failed".into()))??;
+    let (ip, prefix, gateway) = (a.guest_address, a.prefix, a.gateway);
+    in_box_netns(box_pid, move || {
+        let net = NetIoctl::new()?;
+        net.tx_checksum_off(BOX_NIC)?;
+        net.address(BOX_NIC, ip, prefix)?;
+        net.up(BOX_NIC)?;
+        net.default_route(gateway, BOX_NIC)
+    })?;
     packet_socket(OUTER_NIC)
+}
+
+/// Moves the box's first process (`pid`, created by `crun create`, not
+/// started) into the box's cgroups through the inherited files, and closes
+/// them: every process of the box descends from it, and the box never
+/// holds them.
+fn enter_cgroups(fds: &[i32], pid: i32) -> Result<(), Failed> {
+    let mut files = Vec::new();
+    for &fd in fds {
+        // Only fds 4 and up (after the control channel) are taken.
+        if fd < 4 || rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) }).is_err() {
+            return Err(Failed(format!("no cgroup file at fd {fd}")));
+        }
+        // SAFETY: an fd the supervisor handed down for us alone (checked open
+        // above); it is owned from here on.
+        files.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let pid = u32::try_from(pid).map_err(|_| Failed(format!("a bad pid {pid}")))?;
+    crate::cgroup::enter(&files, pid).map_err(failed("cannot move the box into its cgroup"))
 }
 
 fn crun(a: &StageArgs) -> Command {
@@ -331,6 +466,13 @@ pub fn main(args_file: &Path) -> i32 {
 }
 
 fn run(args_file: &Path, sock: BorrowedFd<'_>) -> Result<i32, Failed> {
+    // The supervisor writes what we read while unshare made the namespaces;
+    // "go" says it is there.
+    let mut go = [0u8; 8];
+    match rustix::net::recv(sock, &mut go, rustix::net::RecvFlags::empty()) {
+        Ok((2, _)) if &go[..2] == b"go" => {}
+        _ => return Err(Failed("the supervisor did not say go".into())),
+    }
     let text =
         fs::read_to_string(args_file).map_err(failed("cannot read the stage's arguments"))?;
     let a: StageArgs = serde_json::from_str(&text)
@@ -367,10 +509,14 @@ fn run(args_file: &Path, sock: BorrowedFd<'_>) -> Result<i32, Failed> {
         .ok_or_else(|| Failed("crun wrote no pid".into()))?;
     // The box's network namespace exists now; its init runs only after
     // `crun start`, with the NIC already there.
-    match make_nic(&a.guest_mac, pid) {
+    // Loopback up whether or not the NIC comes (crun leaves it down).
+    in_box_netns(pid, || NetIoctl::new()?.up("lo"))?;
+    match make_nic(&a, pid) {
         Ok(fd) => tell(sock, "nic", Some(fd.as_fd())),
         Err(Failed(why)) => tell(sock, &format!("nonic {why}"), None),
     }
+    // The box's first process has run only crun's code so far.
+    enter_cgroups(&a.cgroup_fds, pid)?;
     run_tool(crun(&a).args(["start", CONTAINER_ID]), "crun start failed")?;
     tell(sock, "started", None);
     // PID 1 of this namespace: the box's init was re-parented to us.

@@ -84,6 +84,12 @@ pub trait Machine: Send {
     fn settle(&mut self) -> Result<(), RuntimeError> {
         Ok(())
     }
+    /// Whether [`Machine::settle`] has nothing to wait for (the guest's
+    /// start was over when it said ready): the session is announced as
+    /// running before anything else is started beside it.
+    fn settles_at_once(&self) -> bool {
+        false
+    }
     /// The project directory was deleted while the machine runs: nothing at
     /// its old path may be touched any more (another project may be there
     /// now), even when the machine stops.

@@ -25,6 +25,10 @@ pub enum Request {
         /// The client shows questions and sends answers.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         answers: bool,
+        /// The client waits for the shared SSH connection (a terminal,
+        /// `ssh-config`): where it is not opened at once, it opens now.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ssh: bool,
     },
     /// Stop the session now: suspend it, or power it off with `shutdown`.
     Stop {
@@ -223,7 +227,14 @@ impl Attachment {
     /// Attaches to the supervisor at `socket`; with `answers`, as a client
     /// whose person answers ask mode's questions.
     pub fn connect_as(socket: &Path, answers: bool) -> std::io::Result<Attachment> {
-        let stream = request(socket, Request::Attach { answers })?;
+        Attachment::connect_with(socket, answers, false)
+    }
+
+    /// Attaches to the supervisor at `socket`; with `answers`, as a client
+    /// whose person answers ask mode's questions; with `ssh`, as one that
+    /// waits for the shared SSH connection.
+    pub fn connect_with(socket: &Path, answers: bool, ssh: bool) -> std::io::Result<Attachment> {
+        let stream = request(socket, Request::Attach { answers, ssh })?;
         Ok(Attachment {
             reader: BufReader::new(stream),
         })
@@ -330,12 +341,26 @@ mod tests {
     #[test]
     fn the_wire_format_is_one_json_object_a_line() {
         assert_eq!(
-            serde_json::to_string(&Request::Attach { answers: false }).unwrap(),
+            serde_json::to_string(&Request::Attach {
+                answers: false,
+                ssh: false
+            })
+            .unwrap(),
             r#"{"op":"attach"}"#
         );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"attach"}"#).unwrap(),
-            Request::Attach { answers: false }
+            Request::Attach {
+                answers: false,
+                ssh: false
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"attach","ssh":true}"#).unwrap(),
+            Request::Attach {
+                answers: false,
+                ssh: true
+            }
         );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"answer","id":3,"answer":"once"}"#).unwrap(),

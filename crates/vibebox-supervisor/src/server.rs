@@ -21,6 +21,8 @@ pub struct Shared {
     pub lease: Lease,
     /// Disk copies asked for (`vibebox fork`), for the supervisor's loop.
     pub copies: Vec<CopyJob>,
+    /// A client waits for the shared SSH connection.
+    pub ssh_wanted: bool,
     generation: u64,
 }
 
@@ -84,6 +86,7 @@ impl Server {
                     stop: None,
                     lease: Lease::new(grace, Instant::now()),
                     copies: Vec::new(),
+                    ssh_wanted: false,
                     generation: 0,
                 }),
                 Condvar::new(),
@@ -153,6 +156,15 @@ impl Server {
         (s.status.clone(), s.generation)
     }
 
+    /// Whether a client waits for the shared SSH connection.
+    pub fn ssh_wanted(&self) -> bool {
+        self.state
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ssh_wanted
+    }
+
     /// The status clients see now.
     pub fn status(&self) -> Status {
         self.snapshot().0
@@ -214,7 +226,10 @@ impl Server {
                 Server::send(&mut stream, &self.status());
             }
             Some(Request::Stop { shutdown }) => self.update(|s| s.stop = Some(shutdown)),
-            Some(Request::Attach { answers }) => {
+            Some(Request::Attach { answers, ssh }) => {
+                if ssh {
+                    self.update(|s| s.ssh_wanted = true);
+                }
                 if answers {
                     self.asks.add_asker();
                 }

@@ -163,6 +163,10 @@ impl SocketFile {
 /// emulated under TCG).
 const SSH_MASTER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a machine that settles at once waits before it opens the shared
+/// SSH connection when no client asked for it (one that does gets it at once).
+const SSH_DEFERRED: Duration = Duration::from_secs(1);
+
 /// The session's one SSH master connection, opened while the session
 /// already runs (its commands go through the exec agent): every client's ssh
 /// multiplexes over it (`ControlMaster=auto` finds its socket), and clients
@@ -375,9 +379,11 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         };
         let mut machine = runtime.start(&request, &mut events)?;
         // The first try at the shared SSH connection, while the guest mounts
-        // its shares.
+        // its shares (where there is nothing to wait for, see the loop).
         let mut master = SshMaster::new(&project, &run_dir, ssh_port);
-        let _ = master.poll();
+        if !machine.settles_at_once() {
+            let _ = master.poll();
+        }
         if let Err(e) = machine.settle() {
             machine.shutdown(&mut events);
             return Err(e.into());
@@ -408,6 +414,12 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         }
     };
     state.set_state(SessionState::Running);
+    // A machine that was ready at once (a container: the first command
+    // follows within milliseconds) opens the shared SSH connection when a
+    // client waits for it, or after a moment: its start (ssh, and sshd's
+    // for the connection) would take the CPU the first command needs.
+    let defer_ssh = machine.settles_at_once();
+    let running_since = std::time::Instant::now();
     let ssh_port = opening.port;
     // `Some(None)` once the shared SSH connection could not open.
     let mut master: Option<Option<Tied>> = None;
@@ -447,13 +459,20 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     // `None` once the machine ended by itself.
     let mut seen_at = project.dir().to_path_buf();
     let suspend = loop {
-        // Short turns while the shared SSH connection opens.
-        std::thread::sleep(Duration::from_millis(if master.is_none() {
+        // Short turns while the shared SSH connection opens, shorter while
+        // it waits for a client to want it.
+        let waiting = master.is_none()
+            && defer_ssh
+            && running_since.elapsed() < SSH_DEFERRED
+            && !state.ssh_wanted();
+        std::thread::sleep(Duration::from_millis(if waiting {
+            5
+        } else if master.is_none() {
             20
         } else {
             100
         }));
-        if master.is_none() {
+        if master.is_none() && !waiting {
             match opening.poll() {
                 Some(Ok(m)) => {
                     log("the shared SSH connection is open");

@@ -144,13 +144,15 @@ pub fn ensure_running(
                         if Instant::now() > deadline {
                             bail!("the supervisor did not answer; see {}", log.display());
                         }
-                        std::thread::sleep(Duration::from_millis(20));
+                        // It listens within milliseconds; the box may be
+                        // ready soon after.
+                        std::thread::sleep(Duration::from_millis(5));
                     }
                 }
                 continue;
             }
         }
-        let Ok(mut attachment) = Attachment::connect(&socket) else {
+        let Ok(mut attachment) = Attachment::connect_with(&socket, false, need == Need::Ssh) else {
             continue;
         };
         loop {
