@@ -8,17 +8,23 @@
 //! 2. mounts the box's root: an overlay of the image's tree (read-only) and the
 //!    session's upper layer in `.vibebox/container/`;
 //! 3. runs `crun create`;
-//! 4. makes the box's NIC: a veth pair whose inner end is made in the box's
-//!    network namespace and whose outer end gets an `AF_PACKET` socket,
-//!    handed to the supervisor (`SCM_RIGHTS`) for the network engine;
-//! 5. runs `crun start`, and reaps processes until the box's init ends.
+//! 4. brings the box's loopback up and makes the box's NIC: a veth pair whose
+//!    inner end is made in the box's network namespace (and given its
+//!    address and default route there: a few ioctls here, where the box's
+//!    init would start programs) and whose outer end gets an `AF_PACKET`
+//!    socket, handed to the supervisor (`SCM_RIGHTS`) for the network engine;
+//! 5. moves the box's first process (created, not started) into the box's
+//!    cgroups where the host has them for it, runs `crun start`, and reaps
+//!    processes until the box's init ends.
 //!
 //! It talks to the supervisor over its standard input, a `SOCK_SEQPACKET`
 //! socket: it waits for `go` (its arguments are written while `unshare`
 //! starts), then says `nic` (with the socket) or `nonic REASON`, then
-//! `started` or `failed REASON`. The box's control channel is fd 3, passed on to the box's
-//! init by crun (`--preserve-fds 1`). When the stage ends, the kernel ends
-//! every process of the pid namespace and drops every mount.
+//! `started` or `failed REASON`. The box's control channel is fd 3, passed on
+//! to the box's init by crun (`--preserve-fds 1`); the box's cgroup files
+//! (opened by the supervisor) are fds 4 and up, closed before `crun start`.
+//! When the stage ends, the kernel ends every process of the pid namespace
+//! and drops every mount.
 
 use std::ffi::CString;
 use std::fs;
@@ -415,21 +421,33 @@ fn make_nic(a: &StageArgs, box_pid: i32) -> Result<OwnedFd, Failed> {
     packet_socket(OUTER_NIC)
 }
 
-/// Moves the box's first process (`pid`, created by `crun create`, not
-/// started) into the box's cgroups through the inherited files, and closes
-/// them: every process of the box descends from it, and the box never
-/// holds them.
-fn enter_cgroups(fds: &[i32], pid: i32) -> Result<(), Failed> {
+/// Takes the inherited `cgroup.procs` files (fds 4 and up, after the control
+/// channel), close-on-exec at once: nothing the stage starts holds them.
+fn take_cgroup_files(fds: &[i32]) -> Result<Vec<OwnedFd>, Failed> {
     let mut files = Vec::new();
     for &fd in fds {
-        // Only fds 4 and up (after the control channel) are taken.
-        if fd < 4 || rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) }).is_err() {
+        if fd < 4 {
             return Err(Failed(format!("no cgroup file at fd {fd}")));
         }
-        // SAFETY: an fd the supervisor handed down for us alone (checked open
-        // above); it is owned from here on.
-        files.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        // SAFETY: only looked at (F_GETFD) while the borrow lasts.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if rustix::io::fcntl_getfd(borrowed).is_err() {
+            return Err(Failed(format!("no cgroup file at fd {fd}")));
+        }
+        // SAFETY: an open fd the supervisor handed down for us alone; it is
+        // owned from here on.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
+            .map_err(errno("cannot keep the cgroup files to the stage"))?;
+        files.push(owned);
     }
+    Ok(files)
+}
+
+/// Moves the box's first process (`pid`, created by `crun create`, not
+/// started) into the box's cgroups through `files`, and closes them: every
+/// process of the box descends from it.
+fn enter_cgroups(files: Vec<OwnedFd>, pid: i32) -> Result<(), Failed> {
     let pid = u32::try_from(pid).map_err(|_| Failed(format!("a bad pid {pid}")))?;
     crate::cgroup::enter(&files, pid).map_err(failed("cannot move the box into its cgroup"))
 }
@@ -477,6 +495,7 @@ fn run(args_file: &Path, sock: BorrowedFd<'_>) -> Result<i32, Failed> {
         fs::read_to_string(args_file).map_err(failed("cannot read the stage's arguments"))?;
     let a: StageArgs = serde_json::from_str(&text)
         .map_err(|e| Failed(format!("the stage's arguments are not valid: {e}")))?;
+    let cgroup_files = take_cgroup_files(&a.cgroup_fds)?;
     check_paths(&a.checks)?;
     // crun would look for cgroups v1 controllers it cannot use here.
     let _ = rustix::mount::mount(
@@ -516,7 +535,7 @@ fn run(args_file: &Path, sock: BorrowedFd<'_>) -> Result<i32, Failed> {
         Err(Failed(why)) => tell(sock, &format!("nonic {why}"), None),
     }
     // The box's first process has run only crun's code so far.
-    enter_cgroups(&a.cgroup_fds, pid)?;
+    enter_cgroups(cgroup_files, pid)?;
     run_tool(crun(&a).args(["start", CONTAINER_ID]), "crun start failed")?;
     tell(sock, "started", None);
     // PID 1 of this namespace: the box's init was re-parented to us.
