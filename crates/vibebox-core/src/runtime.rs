@@ -90,6 +90,10 @@ pub trait Machine: Send {
     fn settles_at_once(&self) -> bool {
         false
     }
+    /// The shared SSH connection is about to open: a machine whose SSH
+    /// server starts on demand starts it now (the connection is retried
+    /// until it answers).
+    fn ssh_wanted(&mut self) {}
     /// The project directory was deleted while the machine runs: nothing at
     /// its old path may be touched any more (another project may be there
     /// now), even when the machine stops.

@@ -183,8 +183,9 @@ struct SshMaster {
     child: Option<Tied>,
     since: std::time::Instant,
     retry_at: std::time::Instant,
-    /// The pause before the next try (doubles up to 2 s: an sshd that
-    /// refuses for good does not fill the log).
+    /// The pause before the next try (from 10 ms, for an sshd that is
+    /// starting — a container's starts after ready —, doubling up to 2 s:
+    /// one that refuses for good does not fill the log).
     pause: Duration,
 }
 
@@ -213,7 +214,7 @@ impl SshMaster {
             child: None,
             since: now,
             retry_at: now,
-            pause: Duration::from_millis(100),
+            pause: Duration::from_millis(10),
         }
     }
 
@@ -382,6 +383,7 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
         // its shares (where there is nothing to wait for, see the loop).
         let mut master = SshMaster::new(&project, &run_dir, ssh_port);
         if !machine.settles_at_once() {
+            machine.ssh_wanted();
             let _ = master.poll();
         }
         if let Err(e) = machine.settle() {
@@ -459,20 +461,19 @@ pub fn supervise(plan: &SessionPlan, host: &Host) -> Result<(), SupervisorError>
     // `None` once the machine ended by itself.
     let mut seen_at = project.dir().to_path_buf();
     let suspend = loop {
-        // Short turns while the shared SSH connection opens, shorter while
-        // it waits for a client to want it.
+        // Short turns while the shared SSH connection waits for a client to
+        // want it, or opens (a client waits for it).
         let waiting = master.is_none()
             && defer_ssh
             && running_since.elapsed() < SSH_DEFERRED
             && !state.ssh_wanted();
-        std::thread::sleep(Duration::from_millis(if waiting {
+        std::thread::sleep(Duration::from_millis(if master.is_none() {
             5
-        } else if master.is_none() {
-            20
         } else {
             100
         }));
         if master.is_none() && !waiting {
+            machine.ssh_wanted();
             match opening.poll() {
                 Some(Ok(m)) => {
                     log("the shared SSH connection is open");
