@@ -66,7 +66,8 @@ pub struct StageArgs {
     /// Paths that must still be exactly themselves (no symlink anywhere).
     pub checks: Vec<PathBuf>,
     /// Inherited `cgroup.procs` files of the box's cgroups (opened by the
-    /// supervisor), entered before `crun create` and closed.
+    /// supervisor): the box's first process is moved in through them before
+    /// `crun start`, and they are closed.
     #[serde(default)]
     pub cgroup_fds: Vec<i32>,
 }
