@@ -184,8 +184,8 @@ struct SshMaster {
     since: std::time::Instant,
     retry_at: std::time::Instant,
     /// The pause before the next try (from 10 ms, for an sshd that is
-    /// starting — a container's starts after ready —, doubling up to 2 s:
-    /// one that refuses for good does not fill the log).
+    /// starting — a container's starts when the connection is first tried —,
+    /// doubling up to 2 s: one that refuses for good does not fill the log).
     pause: Duration,
 }
 
