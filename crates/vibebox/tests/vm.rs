@@ -2948,6 +2948,46 @@ fn container_limits_hold(w: &World, dir: &Path, cpu: &Path, memory: &Path) -> Ve
                 .starts_with("sleep\x0031\0")),
         "sleep is in the box's memory cgroup: {procs}"
     );
+    // Every process of the box (its pid namespace: the init, the exec
+    // agent, sshd, the sleep) is in both groups: the box's first process
+    // was moved in before it ran anything of the box's.
+    let sleep = procs
+        .lines()
+        .find(|p| {
+            fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .starts_with("sleep\x0031\0")
+        })
+        .unwrap()
+        .to_string();
+    let ns = fs::read_link(format!("/proc/{sleep}/ns/pid")).unwrap();
+    let in_box: Vec<String> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|p| fs::read_link(format!("/proc/{p}/ns/pid")).ok().as_ref() == Some(&ns))
+        .collect();
+    let names: Vec<String> = in_box
+        .iter()
+        .map(|p| fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.trim() == "vibebox-init")
+            && names.iter().any(|n| n.trim() == "vibebox-agent"),
+        "the box's processes: {names:?}"
+    );
+    for g in [group, &mem_group] {
+        let listed = fs::read_to_string(g.join("cgroup.procs")).unwrap();
+        for p in &in_box {
+            assert!(
+                listed.lines().any(|l| l == p) || !Path::new(&format!("/proc/{p}")).exists(),
+                "process {p} of the box ({:?}) is outside {}",
+                fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default(),
+                g.display()
+            );
+        }
+    }
     // Filling 1.5 GiB in a box of 1 GiB: the kernel kills it (no swap on
     // top: memsw is limited too where the host accounts swap).
     let out = w
