@@ -348,6 +348,8 @@ pub fn enter(procs: &[impl AsFd], pid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `systemd-run` arguments that put the command after them in a scope with
+/// the limits (named `name`, unless empty).
 pub fn systemd_run_args(user: bool, name: &str, limits: Limits) -> Vec<String> {
     let mut args = Vec::new();
     if user {
